@@ -1,0 +1,286 @@
+"""Connections, explicit transactions, attaching the databases, and a logical content hash.
+
+Every connection is opened with ``isolation_level=None``: Python never begins or commits on our
+behalf, and every transaction in the toolkit is an explicit ``BEGIN IMMEDIATE`` / ``SAVEPOINT``.
+Writable connections use WAL, ``synchronous=NORMAL``, ``foreign_keys=ON`` and a busy timeout.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import stat
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import DatabaseBusyError, DatabaseFileError, NotInitialisedError, ToolkitError
+
+__all__ = [
+    "connect",
+    "open_databases",
+    "transaction",
+    "savepoint",
+    "split_statements",
+    "translate_error",
+    "is_read_only",
+    "check_file",
+    "quick_check",
+    "content_hash",
+    "table_hashes",
+    "user_tables",
+    "quote_ident",
+]
+
+RESTORE_HINT = "restore a backup with `migrate restore`, or move the file aside"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def is_read_only(path: Path) -> bool:
+    """True when the file is marked read-only. Mode bits count even for root, who bypasses them."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) or not os.access(path, os.W_OK)
+
+
+def check_file(path: Path, *, must_exist: bool = True, writable: bool = False) -> bool:
+    """Refuse paths that cannot be a database before SQLite does something surprising with them.
+
+    Returns whether the file exists.
+    """
+    if path.is_dir():
+        raise DatabaseFileError(path, "is a directory, not a database file", hint="point --data-dir at the directory that holds it")
+    if not path.exists():
+        if must_exist:
+            raise DatabaseFileError(path, "does not exist", hint="run `migrate upgrade` to create the databases")
+        return False
+    if writable and is_read_only(path):
+        raise DatabaseFileError(path, "is read-only", hint="make it writable (chmod u+w) and run the command again")
+    return True
+
+
+def translate_error(exc: sqlite3.Error, path: object, *, action: str = "") -> ToolkitError:
+    """Map an sqlite3 error to a toolkit error naming the file and the next step."""
+    text = str(exc)
+    lowered = text.lower()
+    where = f" while {action}" if action else ""
+    if "file is not a database" in lowered:
+        return DatabaseFileError(path, "is not an SQLite database", hint=RESTORE_HINT)
+    if "malformed" in lowered or "corrupt" in lowered:
+        return DatabaseFileError(path, f"is corrupt ({text}){where}", hint=RESTORE_HINT)
+    if "database is locked" in lowered or "database table is locked" in lowered:
+        return DatabaseBusyError(
+            f"{path}: locked by another connection{where}",
+            hint="retry when the other writer has finished, or raise --busy-timeout",
+        )
+    if "readonly" in lowered or "read-only" in lowered:
+        return DatabaseFileError(path, f"is read-only{where}", hint="make it writable and run the command again")
+    if "disk is full" in lowered or "database or disk is full" in lowered:
+        return DatabaseFileError(path, f"disk full{where}", hint="free space (or raise max_page_count) and run the command again")
+    if "unable to open" in lowered:
+        return DatabaseFileError(path, f"cannot be opened ({text})", hint="check the path and its permissions")
+    return DatabaseFileError(path, f"{text}{where}")
+
+
+def _apply_pragmas(conn: sqlite3.Connection, busy_timeout: float, *, writable: bool, schema: str = "main") -> None:
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if writable:
+        mode = conn.execute(f"PRAGMA {schema}.journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":
+            conn.execute(f"PRAGMA {schema}.journal_mode = WAL")
+        conn.execute(f"PRAGMA {schema}.synchronous = NORMAL")
+
+
+def connect(
+    path: str | os.PathLike[str],
+    *,
+    readonly: bool = False,
+    create: bool = False,
+    busy_timeout: float = 5.0,
+    factory: type[sqlite3.Connection] = sqlite3.Connection,
+) -> sqlite3.Connection:
+    """Open one database file with the toolkit's pragmas and explicit transactions.
+
+    ``create`` allows a missing file to be created (only `migrate upgrade` and the ledger writer's
+    set-up do that). Errors name the file: a directory, a missing file, a non-SQLite or corrupt file.
+    """
+    path = Path(path)
+    existed = check_file(path, must_exist=not create, writable=not readonly)
+    if readonly:
+        target, uri = path.resolve().as_uri() + "?mode=ro", True
+    else:
+        target, uri = str(path), False
+    try:
+        conn = sqlite3.connect(target, isolation_level=None, uri=uri, timeout=busy_timeout, factory=factory)
+    except sqlite3.Error as exc:
+        raise translate_error(exc, path, action="opening") from exc
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        _apply_pragmas(conn, busy_timeout, writable=not readonly)
+    except sqlite3.Error as exc:
+        conn.close()
+        if not existed and path.exists() and path.stat().st_size == 0:
+            path.unlink()
+        raise translate_error(exc, path, action="opening") from exc
+    return conn
+
+
+def open_databases(
+    paths: dict[str, Path],
+    *,
+    readonly: bool = True,
+    busy_timeout: float = 5.0,
+    factory: type[sqlite3.Connection] = sqlite3.Connection,
+    cache_kib: int | None = None,
+) -> sqlite3.Connection:
+    """One connection with every database attached under its logical name (``trading.trades``).
+
+    The main schema is an empty in-memory database, so rules can join across files.
+    """
+    conn = sqlite3.connect(":memory:", isolation_level=None, uri=True, timeout=busy_timeout, factory=factory)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        for name, path in paths.items():
+            check_file(path, must_exist=True, writable=not readonly)
+            target = path.resolve().as_uri() + ("?mode=ro" if readonly else "")
+            try:
+                conn.execute(f"ATTACH DATABASE ? AS {quote_ident(name)}", (target,))
+                conn.execute(f"SELECT count(*) FROM {quote_ident(name)}.sqlite_master").fetchone()
+                if not readonly:
+                    _apply_pragmas(conn, busy_timeout, writable=True, schema=quote_ident(name))
+                if cache_kib:
+                    conn.execute(f"PRAGMA {quote_ident(name)}.cache_size = -{int(cache_kib)}")
+            except sqlite3.Error as exc:
+                raise translate_error(exc, path, action="attaching") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+    """``BEGIN <mode>`` … ``COMMIT``; ``ROLLBACK`` on any exception, KeyboardInterrupt included."""
+    if mode not in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE"):
+        raise ValueError(f"unknown transaction mode {mode!r}")
+    conn.execute(f"BEGIN {mode}")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@contextmanager
+def savepoint(conn: sqlite3.Connection, name: str) -> Iterator[sqlite3.Connection]:
+    """A nested unit of work: ``RELEASE`` on success, ``ROLLBACK TO`` + ``RELEASE`` on failure."""
+    ident = quote_ident(name)
+    conn.execute(f"SAVEPOINT {ident}")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute(f"ROLLBACK TO {ident}")
+        conn.execute(f"RELEASE {ident}")
+        raise
+    conn.execute(f"RELEASE {ident}")
+
+
+def split_statements(script: str) -> list[str]:
+    """Split an SQL script into complete statements (trigger bodies and string literals respected).
+
+    ``executescript`` is never used: it commits any open transaction first.
+    """
+    statements: list[str] = []
+    buffer = ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            stmt = buffer.strip()
+            if stmt.strip("; \t\r\n"):
+                statements.append(stmt.rstrip(";").strip())
+            buffer = ""
+    if buffer.strip("; \t\r\n"):
+        statements.append(buffer.rstrip(";").strip())
+    return statements
+
+
+def quick_check(conn: sqlite3.Connection, schema: str = "main") -> list[str]:
+    """``PRAGMA quick_check`` lines other than ``ok`` (physical damage and constraint failures)."""
+    rows = conn.execute(f"PRAGMA {quote_ident(schema)}.quick_check").fetchall()
+    return [r[0] for r in rows if r[0] != "ok"]
+
+
+def user_tables(conn: sqlite3.Connection, schema: str = "main", *, include_internal: bool = False) -> list[tuple[str, bool]]:
+    """(name, without_rowid) for each table in ``schema``, sorted; toolkit bookkeeping excluded."""
+    rows = conn.execute(
+        f"SELECT name, sql FROM {quote_ident(schema)}.sqlite_master WHERE type = 'table' ORDER BY name"
+    ).fetchall()
+    tables = []
+    for name, sql in rows:
+        if name.startswith("sqlite_") or (not include_internal and name.startswith("_toolkit_")):
+            continue
+        tables.append((name, "WITHOUT ROWID" in (sql or "").upper()))
+    return tables
+
+
+def _order_by(conn: sqlite3.Connection, schema: str, table: str, without_rowid: bool) -> str:
+    if not without_rowid:
+        return "_rowid_"
+    info = conn.execute(f"PRAGMA {quote_ident(schema)}.table_info({quote_ident(table)})").fetchall()
+    pk = [quote_ident(r[1]) for r in sorted(info, key=lambda r: r[5]) if r[5]]
+    return ", ".join(pk)
+
+
+def table_hashes(conn: sqlite3.Connection, schema: str = "main") -> dict[str, str]:
+    """SHA-256 of every user table's rows (in key order) and of the schema, by name.
+
+    Values are hashed through ``repr`` of typed values, so 1 and 1.0 and '1' differ. Toolkit
+    bookkeeping tables (``_toolkit_*``) are excluded: they record operations, not content.
+    """
+    result: dict[str, str] = {}
+    ident = quote_ident(schema)
+    digest = hashlib.sha256()
+    for row in conn.execute(
+        f"SELECT type, name, tbl_name, sql FROM {ident}.sqlite_master "
+        "WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND tbl_name NOT LIKE '\\_toolkit\\_%' ESCAPE '\\' "
+        "ORDER BY type, name"
+    ):
+        digest.update(repr(row).encode())
+    result["<schema>"] = digest.hexdigest()
+    for table, without_rowid in user_tables(conn, schema):
+        digest = hashlib.sha256()
+        order = _order_by(conn, schema, table, without_rowid)
+        cursor = conn.execute(f"SELECT * FROM {ident}.{quote_ident(table)} ORDER BY {order}")
+        while True:
+            rows = cursor.fetchmany(4096)
+            if not rows:
+                break
+            digest.update(repr(rows).encode())
+        result[table] = digest.hexdigest()
+    return result
+
+
+def content_hash(conn: sqlite3.Connection, schema: str = "main") -> str:
+    """One logical hash of a database's schema and every table's content."""
+    digest = hashlib.sha256()
+    for name, value in sorted(table_hashes(conn, schema).items()):
+        digest.update(f"{name}={value}\n".encode())
+    return digest.hexdigest()
+
+
+def require_initialised(paths: Iterable[Path]) -> None:
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        names = ", ".join(p.name for p in missing)
+        raise NotInitialisedError(
+            f"{missing[0].parent}: not initialised ({names} missing)", hint="run `migrate upgrade` first"
+        )

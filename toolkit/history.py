@@ -1,0 +1,85 @@
+"""The toolkit's own file, ``migrations.db``: migration ledger, check-run history, repair log.
+
+``migration_history`` keeps seed 001's columns (one row per migration, its latest status) so the
+seed's queries keep working; ``migration_events`` is the append-only record of every action.
+Because SQLite does not commit atomically across files in WAL mode, the per-file records written
+inside each database are the truth and this ledger is reconciled with them (see ``migrate.state``).
+
+The file's own schema is versioned with ``PRAGMA user_version`` and extended step by step.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import Settings
+from .db import connect, split_statements, transaction
+
+__all__ = ["HISTORY_SCHEMA", "open_history", "ensure_history_schema", "iso"]
+
+#: Each entry upgrades the history file by one version; never edit a released entry, append.
+HISTORY_SCHEMA: tuple[str, ...] = (
+    # 1: migrations
+    """
+    CREATE TABLE IF NOT EXISTS migration_history (
+        migration_id TEXT PRIMARY KEY,
+        migration_name TEXT NOT NULL,
+        database_path TEXT NOT NULL,
+        applied_at INTEGER NOT NULL,
+        applied_date TEXT NOT NULL,
+        duration_seconds REAL,
+        status TEXT NOT NULL CHECK (status IN ('applied', 'rolled_back', 'failed')),
+        error_message TEXT,
+        database_name TEXT,
+        checksum TEXT
+    );
+    CREATE TABLE IF NOT EXISTS migration_events (
+        event_id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        migration_id TEXT NOT NULL,
+        database_name TEXT,
+        action TEXT NOT NULL CHECK (action IN ('upgrade', 'downgrade', 'accept', 'reconcile', 'restore')),
+        status TEXT NOT NULL,
+        detail TEXT,
+        duration_seconds REAL
+    );
+    CREATE INDEX IF NOT EXISTS idx_migration_events_migration ON migration_events (migration_id, at);
+    """,
+)
+
+
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+def ensure_history_schema(conn: sqlite3.Connection, steps: Sequence[str] = HISTORY_SCHEMA) -> int:
+    """Bring the history file's schema up to date; returns the version it is at."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version >= len(steps):
+        return version
+    with transaction(conn):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number in range(version, len(steps)):
+            for statement in split_statements(steps[number]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+    return len(steps)
+
+
+def open_history(settings: Settings, *, create: bool = False, readonly: bool = False) -> sqlite3.Connection | None:
+    """Open ``migrations.db``; ``None`` when it does not exist and ``create`` is false."""
+    path: Path = settings.history_path
+    if not path.exists() and not create:
+        return None
+    if create:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    conn = connect(path, readonly=readonly, create=create, busy_timeout=settings.busy_timeout)
+    if not readonly:
+        try:
+            ensure_history_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+    return conn

@@ -1,0 +1,98 @@
+"""`migrate accept` (record a deliberate edit of an applied migration) and `migrate restore`."""
+from __future__ import annotations
+
+import difflib
+import time
+from dataclasses import dataclass, field
+
+from ..backup import Backup, find_backup, restore_backup
+from ..config import DATABASES, Settings
+from ..db import connect, transaction
+from ..errors import UsageError
+from ..history import open_history
+from ..lock import data_dir_lock
+from .plan import resolve_migration
+from .runner import Progress, _quiet, _took_over, _waiting, load_migrations
+from .state import read_states, reconcile, record_event
+
+__all__ = ["AcceptResult", "RestoreResult", "accept", "restore"]
+
+
+@dataclass
+class AcceptResult:
+    migration: str
+    database: str
+    old_checksum: str
+    new_checksum: str
+    diff: str
+    reconciled: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RestoreResult:
+    restored: Backup
+    safety: Backup | None
+    reconciled: list[str] = field(default_factory=list)
+
+
+def accept(settings: Settings, spec: str, *, progress: Progress = _quiet) -> AcceptResult:
+    """Record the current text of an edited, applied migration as its new checksum."""
+    migrations = load_migrations(settings)
+    migration = resolve_migration(spec, migrations)
+    with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="migrate accept",
+                       on_wait=_waiting(progress), on_takeover=_took_over(progress)):
+        states = read_states(settings, DATABASES)
+        state = states[migration.database]
+        record = state.records.get(migration.id)
+        if record is None:
+            raise UsageError(f"migration {migration.label} is not applied to {migration.database}; nothing to accept")
+        if record.checksum == migration.checksum:
+            raise UsageError(f"migration {migration.label} is unchanged since it was applied; nothing to accept")
+        conn = connect(state.path, busy_timeout=settings.busy_timeout)
+        try:
+            with transaction(conn):
+                old_source = conn.execute(
+                    "SELECT source FROM _toolkit_migrations WHERE migration_id = ?", (migration.id,)
+                ).fetchone()[0]
+                conn.execute(
+                    "UPDATE _toolkit_migrations SET checksum = ?, source = ? WHERE migration_id = ?",
+                    (migration.checksum, migration.source, migration.id),
+                )
+        finally:
+            conn.close()
+        diff = "\n".join(difflib.unified_diff(old_source.splitlines(), migration.source.splitlines(),
+                                              "applied", "accepted", lineterm="", n=1))
+        history = open_history(settings, create=True)
+        assert history is not None
+        try:
+            reconciled = reconcile(history, read_states(settings, DATABASES), migrations)
+            with transaction(history):
+                history.execute("UPDATE migration_history SET checksum = ? WHERE migration_id = ?",
+                                (migration.checksum, migration.id))
+                record_event(history, migration_id=migration.id, database=migration.database, action="accept",
+                             status="accepted", detail=f"{record.checksum} -> {migration.checksum}\n{diff}", at=time.time())
+        finally:
+            history.close()
+    return AcceptResult(migration.label, migration.database, record.checksum, migration.checksum, diff, reconciled)
+
+
+def restore(settings: Settings, spec: str | None, database: str | None, *, progress: Progress = _quiet) -> RestoreResult:
+    """Put a backup back (the current file is backed up first), then reconcile the ledger."""
+    if database is not None and database not in DATABASES + ("migrations",):
+        settings.path(database)  # raises with suggestions
+    item = find_backup(settings, spec, database)
+    with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="migrate restore",
+                       on_wait=_waiting(progress), on_takeover=_took_over(progress)):
+        safety = restore_backup(settings, item)
+        reconciled: list[str] = []
+        if item.database != "migrations":
+            history = open_history(settings, create=True)
+            assert history is not None
+            try:
+                reconciled = reconcile(history, read_states(settings, DATABASES), load_migrations(settings))
+                with transaction(history):
+                    record_event(history, migration_id="-", database=item.database, action="restore",
+                                 status="restored", detail=f"from {item.path.name}", at=time.time())
+            finally:
+                history.close()
+    return RestoreResult(item, safety, reconciled)

@@ -1,0 +1,355 @@
+"""Executing migration plans: lock, reconcile, back up, one transaction per migration per file.
+
+Order of events for one migration on one file::
+
+    BEGIN IMMEDIATE                      (waits up to the busy timeout for other writers)
+    backup through the backup API        (first change to this file in this run)
+    the migration's statements
+    INSERT INTO _toolkit_migrations      (the record, in the same transaction)
+    COMMIT                               <- the file is now migrated, and says so
+    migration_history upsert             (migrations.db; reconciled later if we die before this)
+
+A failure anywhere before COMMIT rolls the file back to exactly what it was.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..backup import Backup, take_backup
+from ..config import DATABASES, Settings
+from ..db import check_file, connect, quick_check, translate_error
+from ..errors import DatabaseFileError, MigrationFailedError, ToolkitError
+from ..history import open_history
+from ..lock import Holder, data_dir_lock
+from .discovery import Migration, MigrationContext, bundled_migrations_dir, discover
+from .plan import Plan, Step, plan_downgrade, plan_upgrade
+from .state import FileState, ensure_bookkeeping, read_states, reconcile, record_event, record_history
+
+__all__ = [
+    "Progress",
+    "StepResult",
+    "RunResult",
+    "load_migrations",
+    "upgrade",
+    "downgrade",
+    "preview_downgrade",
+    "CHECKPOINT",
+]
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _no_checkpoint(point: str, migration: Migration) -> None:
+    """Crash tests replace this (in a child process) to die at a precise point."""
+
+
+#: Called at named points of a run: ``after_file_commit`` (file committed, ledger not yet written).
+CHECKPOINT: list[Callable[[str, Migration], None]] = [_no_checkpoint]
+
+
+@dataclass
+class StepResult:
+    migration: str
+    database: str
+    direction: str
+    duration: float
+    statements: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    direction: str
+    dry_run: bool = False
+    reconciled: list[str] = field(default_factory=list)
+    steps: list[StepResult] = field(default_factory=list)
+    backups: list[Backup] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def load_migrations(settings: Settings) -> list[Migration]:
+    """The bundled migrations plus any configured extra directories, validated."""
+    return discover([bundled_migrations_dir(), *settings.migrations_dirs])
+
+
+def _waiting(progress: Progress) -> Callable[[Holder | None], None]:
+    def told(holder: Holder | None) -> None:
+        who = holder.describe() if holder else "another process"
+        progress(f"waiting for the data directory lock held by {who}")
+
+    return told
+
+
+def _took_over(progress: Progress) -> Callable[[Holder], None]:
+    def told(holder: Holder) -> None:
+        progress(f"previous lock holder {holder.describe()} ended without releasing; lock taken over")
+
+    return told
+
+
+def _preflight(settings: Settings, plan: Plan) -> dict[str, sqlite3.Connection]:
+    """Open every file the plan touches and refuse damaged or read-only ones before any change."""
+    conns: dict[str, sqlite3.Connection] = {}
+    try:
+        for name in plan.databases:
+            path = settings.path(name)
+            existed = check_file(path, must_exist=False, writable=True)
+            conn = connect(path, create=True, busy_timeout=settings.busy_timeout)
+            conns[name] = conn
+            if existed:
+                try:
+                    problems = [p for p in quick_check(conn) if "constraint failed" not in p and not p.startswith("NULL value")]
+                except sqlite3.Error as exc:
+                    raise translate_error(exc, path, action="checking it before migrating") from exc
+                if problems:
+                    raise DatabaseFileError(path, f"is corrupt (quick_check: {problems[0]})", hint="restore a backup with `migrate restore`; nothing was changed")
+    except BaseException:
+        for conn in conns.values():
+            conn.close()
+        raise
+    return conns
+
+
+def _record(history: sqlite3.Connection, migration: Migration, path: Path, status: str, started: float,
+            duration: float | None, error: str | None, action: str) -> None:
+    history.execute("BEGIN IMMEDIATE")
+    try:
+        record_history(
+            history, migration, migration_id=migration.id, name=migration.label, database=migration.database,
+            path=path, status=status, at=started, duration=duration, error=error,
+        )
+        record_event(history, migration_id=migration.id, database=migration.database, action=action,
+                     status=status, detail=error, duration=duration, at=started)
+        history.execute("COMMIT")
+    except BaseException:
+        if history.in_transaction:
+            history.execute("ROLLBACK")
+        raise
+
+
+def _run_step(
+    settings: Settings,
+    conn: sqlite3.Connection,
+    history: sqlite3.Connection,
+    step: Step,
+    *,
+    backup_first: bool,
+    result: RunResult,
+) -> None:
+    m = step.migration
+    path = settings.path(m.database)
+    started = time.time()
+    clock = time.perf_counter()
+    ctx = MigrationContext(conn, m.database)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise translate_error(exc, path, action=f"starting migration {m.label}") from exc
+    try:
+        if backup_first:
+            item = take_backup(settings, m.database, f"pre-{step.direction}-{m.id}")
+            if item is not None:
+                result.backups.append(item)
+        ensure_bookkeeping(conn)
+        if step.direction == "upgrade":
+            m.upgrade(ctx)
+            ctx.current = None
+            conn.execute(
+                "INSERT INTO _toolkit_migrations (migration_id, name, checksum, source, applied_at, duration_seconds) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (m.id, m.label, m.checksum, m.source, int(started), time.perf_counter() - clock),
+            )
+        else:
+            m.downgrade(ctx)
+            ctx.current = None
+            conn.execute("DELETE FROM _toolkit_migrations WHERE migration_id = ?", (m.id,))
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if not isinstance(exc, Exception):
+            raise
+        statement = ctx.current
+        reason = exc.message if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"
+        shown = " ".join(statement.split()) if statement else None
+        if shown and len(shown) > 200:
+            shown = shown[:197] + "..."
+        where = f" at statement `{shown}`" if shown else ""
+        error = f"{step.direction} of migration {m.label} failed on database {m.database} ({path}){where}: {reason}"
+        try:
+            _record(history, m, path, "failed", started, time.perf_counter() - clock, error, step.direction)
+        except sqlite3.Error:
+            pass  # the failure itself is what the user must see
+        raise MigrationFailedError(
+            error + "; the file was left exactly as before",
+            migration_id=m.id, database=m.database, path=path, statement=statement,
+            hint=f"fix the cause and run `migrate {step.direction}` again",
+        ) from exc
+    duration = time.perf_counter() - clock
+    CHECKPOINT[0]("after_file_commit", m)
+    _record(history, m, path, "applied" if step.direction == "upgrade" else "rolled_back", started, duration, None, step.direction)
+    result.steps.append(StepResult(m.label, m.database, step.direction, duration, list(ctx.statements)))
+
+
+def _execute(settings: Settings, plan: Plan, history: sqlite3.Connection, result: RunResult, progress: Progress) -> None:
+    existed = {name: settings.path(name).exists() for name in plan.databases}
+    conns = _preflight(settings, plan)
+    touched: set[str] = set()
+    try:
+        for step in plan.steps:
+            name = step.migration.database
+            progress(f"{step.direction} {step.migration.label} on {name}")
+            try:
+                _run_step(settings, conns[name], history, step,
+                          backup_first=name not in touched and existed[name], result=result)
+            except BaseException:
+                if not existed[name] and name not in touched:
+                    conns.pop(name).close()
+                    _remove_created(settings.path(name))
+                raise
+            touched.add(name)
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+
+def _remove_created(path: Path) -> None:
+    """A file this run created whose first migration failed goes away again: 'exactly as before'."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+def _dry_run(settings: Settings, plan: Plan, result: RunResult) -> None:
+    """Rehearse the plan inside transactions that are rolled back; record the exact SQL."""
+    by_db: dict[str, list[Step]] = {}
+    for step in plan.steps:
+        by_db.setdefault(step.migration.database, []).append(step)
+    for name, steps in by_db.items():
+        path = settings.path(name)
+        if check_file(path, must_exist=False):
+            conn = sqlite3.connect(str(path), isolation_level=None, timeout=settings.busy_timeout)
+        else:
+            conn = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise translate_error(exc, path, action="rehearsing the upgrade") from exc
+            for step in steps:
+                ctx = MigrationContext(conn, name)
+                try:
+                    step.migration.upgrade(ctx)
+                except Exception as exc:
+                    shown = " ".join((ctx.current or "").split())
+                    raise MigrationFailedError(
+                        f"dry run: migration {step.migration.label} would fail on database {name} ({path}) "
+                        f"at statement `{shown}`: {exc}",
+                        migration_id=step.migration.id, database=name, path=path, statement=ctx.current,
+                        hint="fix the migration; nothing was changed",
+                    ) from exc
+                result.steps.append(StepResult(step.migration.label, name, "upgrade", 0.0, list(ctx.statements)))
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+
+
+def _states_and_history(settings: Settings, migrations: Sequence[Migration], result: RunResult,
+                        *, create: bool) -> tuple[dict[str, FileState], sqlite3.Connection]:
+    history = open_history(settings, create=create)
+    assert history is not None
+    try:
+        states = read_states(settings, DATABASES)
+        result.reconciled.extend(reconcile(history, states, migrations))
+    except BaseException:
+        history.close()
+        raise
+    return states, history
+
+
+def upgrade(
+    settings: Settings,
+    *,
+    target: str | None = None,
+    database: str | None = None,
+    dry_run: bool = False,
+    allow_out_of_order: bool = False,
+    progress: Progress = _quiet,
+) -> RunResult:
+    """Apply pending migrations (up to ``target``; of one ``database``). Creates the data directory."""
+    migrations = load_migrations(settings)
+    if database is not None:
+        settings.path(database)  # validates the name
+    result = RunResult("upgrade", dry_run=dry_run)
+    if dry_run:
+        states = read_states(settings, DATABASES)
+        plan = plan_upgrade(migrations, states, target=target, database=database, allow_out_of_order=allow_out_of_order)
+        result.notes.extend(plan.notes)
+        _dry_run(settings, plan, result)
+        if not plan:
+            result.notes.append("nothing to upgrade")
+        return result
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="migrate upgrade",
+                       on_wait=_waiting(progress), on_takeover=_took_over(progress)):
+        states, history = _states_and_history(settings, migrations, result, create=True)
+        try:
+            plan = plan_upgrade(migrations, states, target=target, database=database, allow_out_of_order=allow_out_of_order)
+            result.notes.extend(plan.notes)
+            if not plan:
+                result.notes.append(f"nothing to upgrade: all {len(migrations)} migrations applied" if target is None and database is None else "nothing to upgrade")
+                return result
+            _execute(settings, plan, history, result, progress)
+        finally:
+            history.close()
+    return result
+
+
+def preview_downgrade(settings: Settings, *, target: str | None = None, database: str | None = None) -> Plan:
+    """The downgrade plan as things stand (for the confirmation prompt); changes nothing."""
+    migrations = load_migrations(settings)
+    if database is not None:
+        settings.path(database)
+    return plan_downgrade(migrations, read_states(settings, DATABASES), target=target, database=database)
+
+
+def downgrade(
+    settings: Settings,
+    *,
+    target: str | None = None,
+    database: str | None = None,
+    expected: Plan | None = None,
+    progress: Progress = _quiet,
+) -> RunResult:
+    """Revert applied migrations newest first, down to and including ``target`` (to zero when ``None``).
+
+    ``expected`` is the plan the user confirmed; if the state changed meanwhile, nothing runs.
+    """
+    migrations = load_migrations(settings)
+    if database is not None:
+        settings.path(database)
+    result = RunResult("downgrade")
+    if not settings.data_dir.is_dir():
+        plan_downgrade(migrations, read_states(settings, DATABASES), target=target, database=database)
+    with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="migrate downgrade",
+                       on_wait=_waiting(progress), on_takeover=_took_over(progress)):
+        states, history = _states_and_history(settings, migrations, result, create=True)
+        try:
+            plan = plan_downgrade(migrations, states, target=target, database=database)
+            if expected is not None and [s.migration.id for s in plan.steps] != [s.migration.id for s in expected.steps]:
+                raise ToolkitError(
+                    "the databases changed while the downgrade was being confirmed; nothing was done",
+                    hint="run `migrate downgrade` again",
+                )
+            _execute(settings, plan, history, result, progress)
+        finally:
+            history.close()
+    return result
+

@@ -1,0 +1,230 @@
+"""Which migrations each file is at, and reconciling ``migrations.db`` with that truth.
+
+Each database carries ``_toolkit_migrations``: one row per applied migration, written in the same
+transaction as the migration itself, so a file can never be changed without its record or recorded
+without its change. ``migration_history`` in ``migrations.db`` is committed afterwards (SQLite does not
+commit atomically across files in WAL mode); a crash in between is repaired by :func:`reconcile`.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import DATABASES, Settings
+from ..db import connect, translate_error
+from ..errors import DatabaseFileError
+from ..history import iso
+from .discovery import Migration
+
+__all__ = [
+    "BOOKKEEPING_DDL",
+    "AppliedRecord",
+    "FileState",
+    "ensure_bookkeeping",
+    "read_states",
+    "read_file_state",
+    "reconcile",
+    "record_history",
+    "record_event",
+]
+
+BOOKKEEPING_DDL = (
+    """CREATE TABLE IF NOT EXISTS _toolkit_migrations (
+        migration_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        checksum TEXT NOT NULL,
+        source TEXT NOT NULL,
+        applied_at INTEGER NOT NULL,
+        duration_seconds REAL
+    )""",
+)
+
+
+@dataclass(frozen=True)
+class AppliedRecord:
+    migration_id: str
+    name: str
+    checksum: str
+    applied_at: int
+
+
+@dataclass
+class FileState:
+    name: str
+    path: Path
+    exists: bool
+    records: dict[str, AppliedRecord] = field(default_factory=dict)
+
+    @property
+    def applied_ids(self) -> list[str]:
+        return sorted(self.records, key=int)
+
+
+def ensure_bookkeeping(conn: sqlite3.Connection) -> None:
+    for ddl in BOOKKEEPING_DDL:
+        conn.execute(ddl)
+
+
+def _read_records(conn: sqlite3.Connection) -> dict[str, AppliedRecord]:
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_toolkit_migrations'"
+    ).fetchone()
+    if not has_table:
+        return {}
+    rows = conn.execute("SELECT migration_id, name, checksum, applied_at FROM _toolkit_migrations")
+    return {r[0]: AppliedRecord(*r) for r in rows}
+
+
+def read_file_state(settings: Settings, name: str, conn: sqlite3.Connection | None = None) -> FileState:
+    """Read one file's applied records (read-only unless a connection is passed)."""
+    path = settings.path(name)
+    if conn is not None:
+        return FileState(name, path, True, _read_records(conn))
+    if not path.exists():
+        if path.is_dir():
+            raise DatabaseFileError(path, "is a directory, not a database file")
+        return FileState(name, path, False)
+    own = connect(path, readonly=True, busy_timeout=settings.busy_timeout)
+    try:
+        return FileState(name, path, True, _read_records(own))
+    except sqlite3.Error as exc:
+        raise translate_error(exc, path, action="reading its migration records") from exc
+    finally:
+        own.close()
+
+
+def read_states(settings: Settings, names: Iterable[str] = DATABASES) -> dict[str, FileState]:
+    return {name: read_file_state(settings, name) for name in names}
+
+
+def record_history(
+    history: sqlite3.Connection,
+    migration: Migration | None,
+    *,
+    migration_id: str,
+    name: str,
+    database: str,
+    path: Path,
+    status: str,
+    at: float,
+    duration: float | None = None,
+    error: str | None = None,
+    checksum: str | None = None,
+) -> None:
+    """Upsert the seed-compatible row for one migration (its latest status)."""
+    history.execute(
+        """INSERT INTO migration_history (migration_id, migration_name, database_path, applied_at, applied_date,
+                                          duration_seconds, status, error_message, database_name, checksum)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (migration_id) DO UPDATE SET
+               migration_name = excluded.migration_name, database_path = excluded.database_path,
+               applied_at = excluded.applied_at, applied_date = excluded.applied_date,
+               duration_seconds = excluded.duration_seconds, status = excluded.status,
+               error_message = excluded.error_message, database_name = excluded.database_name,
+               checksum = COALESCE(excluded.checksum, migration_history.checksum)""",
+        (
+            migration_id,
+            migration.label if migration else name,
+            str(path),
+            int(at),
+            iso(at),
+            duration,
+            status,
+            error,
+            database,
+            checksum if checksum is not None else (migration.checksum if migration else None),
+        ),
+    )
+
+
+def record_event(
+    history: sqlite3.Connection,
+    *,
+    migration_id: str,
+    database: str | None,
+    action: str,
+    status: str,
+    detail: str | None = None,
+    duration: float | None = None,
+    at: float | None = None,
+) -> None:
+    history.execute(
+        "INSERT INTO migration_events (at, migration_id, database_name, action, status, detail, duration_seconds) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (int(at if at is not None else time.time()), migration_id, database, action, status, detail, duration),
+    )
+
+
+def reconcile(
+    history: sqlite3.Connection,
+    states: dict[str, FileState],
+    migrations: Sequence[Migration],
+    *,
+    write: bool = True,
+) -> list[str]:
+    """Make ``migration_history`` agree with the per-file records; returns what was changed.
+
+    With ``write=False`` it only says what it would change.
+
+    A migration applied in its file but not in the ledger (a crash after the file's commit) is
+    recorded as applied; one the ledger calls applied that its file does not have (a restored
+    file, an interrupted downgrade, a deleted file) is recorded as rolled back.
+    """
+    by_id = {m.id: m for m in migrations}
+    ledger = {
+        row[0]: (row[1], row[2])
+        for row in history.execute("SELECT migration_id, status, database_name FROM migration_history")
+    }
+    notes: list[str] = []
+    writes: list[tuple[str, dict]] = []
+    for state in states.values():
+        for mid, record in state.records.items():
+            status = ledger.get(mid, (None, None))[0]
+            if status != "applied":
+                was = f"ledger said {status}" if status else "missing from the ledger"
+                notes.append(
+                    f"{record.name if mid not in by_id else by_id[mid].label} is applied in {state.path.name} "
+                    f"but was {was}: recorded as applied"
+                )
+                writes.append(("applied", {"mid": mid, "state": state, "record": record}))
+    for mid, (status, database) in ledger.items():
+        if status != "applied" or database not in states:
+            continue
+        state = states[database]
+        if mid not in state.records:
+            reason = "the file does not exist" if not state.exists else "the file has no record of it"
+            label = by_id[mid].label if mid in by_id else mid
+            notes.append(f"{label} was recorded as applied to {state.path.name} but {reason}: recorded as rolled back")
+            writes.append(("rolled_back", {"mid": mid, "state": state, "record": None}))
+    if not writes or not write:
+        return notes
+    now = time.time()
+    history.execute("BEGIN IMMEDIATE")
+    try:
+        for status, item in writes:
+            mid, state, record = item["mid"], item["state"], item["record"]
+            migration = by_id.get(mid)
+            record_history(
+                history,
+                migration,
+                migration_id=mid,
+                name=record.name if record else (migration.label if migration else mid),
+                database=state.name,
+                path=state.path,
+                status=status,
+                at=record.applied_at if record else now,
+                checksum=record.checksum if record else None,
+            )
+            record_event(
+                history, migration_id=mid, database=state.name, action="reconcile", status=status,
+                detail="ledger reconciled with the per-file record", at=now,
+            )
+        history.execute("COMMIT")
+    except BaseException:
+        if history.in_transaction:
+            history.execute("ROLLBACK")
+        raise
+    return notes
