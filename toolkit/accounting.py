@@ -1,0 +1,302 @@
+"""The ledger's numbers, defined once (SPEC §3 "Ledger semantics"). Pure: no I/O, no SQL.
+
+Positions are long-only. A BUY opens a lot; a SELL closes quantity from the open lots of its ticker,
+first in, first out by (``executed_at``, ``trade_id``), possibly across several lots and partially.
+Each consumed piece is a :class:`Match` whose realized P&L is ``(exit − entry) × quantity``, gross of
+commissions. A SELL's realized P&L is the sum of its matches; its entry trade is the first lot it
+consumed. A lot is CLOSED once fully consumed; its exit price is then the quantity-weighted average
+exit price of its matches and its exit time the time of the last one. An opening leg never carries
+realized P&L. Cash is ``starting capital + Σ adjustments − Σ BUY notional + Σ SELL notional − Σ
+commission``. The open position of a ticker is the sum of its remaining lot quantity, at the
+quantity-weighted entry price of the remaining lots.
+
+Everything in the toolkit that needs these numbers — the trade writer, the session fixtures, the
+integrity rules and the repairs — calls this module. It streams: :func:`replay` walks trades in
+(ticker, time) order holding only the open lots of the current ticker.
+
+Quantities compare exactly after rounding to 1e-9 (:data:`QTY_DECIMALS`); money compares within a
+tolerance (:data:`MONEY_TOLERANCE`, configurable per rule).
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+__all__ = [
+    "QTY_DECIMALS",
+    "QTY_EPSILON",
+    "MONEY_TOLERANCE",
+    "Match",
+    "Lot",
+    "Close",
+    "Position",
+    "TickerBook",
+    "TickerReplay",
+    "replay",
+    "replay_ticker",
+    "realized_pnl",
+    "cash_balance",
+    "cash_effect",
+    "same_quantity",
+    "round_quantity",
+    "money_differs",
+    "OutOfOrderError",
+]
+
+#: Quantities are compared after rounding to this many decimals.
+QTY_DECIMALS = 9
+#: Anything smaller in magnitude than this rounds to a zero quantity.
+QTY_EPSILON = 0.5 * 10.0 ** -QTY_DECIMALS
+#: Default tolerance for money comparisons (cash, P&L, prices).
+MONEY_TOLERANCE = 0.01
+
+
+def round_quantity(value: float) -> float:
+    return round(value, QTY_DECIMALS)
+
+
+def same_quantity(a: float, b: float) -> bool:
+    """Quantities are equal when they agree after rounding to 1e-9."""
+    return round(a, QTY_DECIMALS) == round(b, QTY_DECIMALS)
+
+
+def money_differs(stored: float | None, computed: float | None, tolerance: float = MONEY_TOLERANCE) -> bool:
+    """True when two money amounts disagree by more than ``tolerance`` (NULL only equals NULL)."""
+    if stored is None or computed is None:
+        return stored is not computed
+    if isinstance(stored, float) and math.isnan(stored):
+        return True
+    return abs(stored - computed) > tolerance
+
+
+def realized_pnl(entry_price: float, exit_price: float, quantity: float) -> float:
+    """P&L of closing ``quantity`` bought at ``entry_price`` and sold at ``exit_price`` (gross)."""
+    return (exit_price - entry_price) * quantity
+
+
+def cash_effect(action: str, quantity: float, price: float, commission: float) -> float:
+    """How one trade changes cash: a BUY pays its notional, a SELL receives it; both pay commission."""
+    notional = quantity * price
+    return (notional if action == "SELL" else -notional) - commission
+
+
+def cash_balance(
+    starting_capital: float,
+    adjustments: float,
+    buy_notional: float,
+    sell_notional: float,
+    commissions: float,
+) -> float:
+    """The cash formula of SPEC §3, from the ledger's sums."""
+    return starting_capital + adjustments - buy_notional + sell_notional - commissions
+
+
+class Match(NamedTuple):
+    """One piece of a lot consumed by a SELL (a ``lot_matches`` row)."""
+
+    close_trade_id: int
+    entry_trade_id: int
+    quantity: float
+    entry_price: float
+    exit_price: float
+    realized_pnl: float
+    matched_at: int
+
+
+class Lot:
+    """An opening BUY and how much of it remains. Mutable while open; final once closed."""
+
+    __slots__ = ("trade_id", "executed_at", "quantity", "price", "remaining",
+                 "matched_quantity", "matched_value", "realized_pnl", "last_exit_time")
+
+    def __init__(self, trade_id: int, executed_at: int, quantity: float, price: float) -> None:
+        self.trade_id = trade_id
+        self.executed_at = executed_at
+        self.quantity = quantity
+        self.price = price
+        self.remaining = quantity
+        self.matched_quantity = 0.0
+        self.matched_value = 0.0   # Σ exit price × quantity over its matches
+        self.realized_pnl = 0.0    # Σ P&L of its matches (for closed-position records)
+        self.last_exit_time: int | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.remaining == 0.0
+
+    @property
+    def status(self) -> str:
+        return "CLOSED" if self.remaining == 0.0 else "OPEN"
+
+    @property
+    def exit_price(self) -> float | None:
+        """Quantity-weighted average exit price once CLOSED; ``None`` while OPEN."""
+        if self.remaining != 0.0 or self.matched_quantity <= 0.0:
+            return None
+        return self.matched_value / self.matched_quantity
+
+    @property
+    def exit_time(self) -> int | None:
+        return self.last_exit_time if self.remaining == 0.0 else None
+
+    def __repr__(self) -> str:
+        return (f"Lot(trade_id={self.trade_id}, executed_at={self.executed_at}, quantity={self.quantity!r}, "
+                f"price={self.price!r}, remaining={self.remaining!r}, status={self.status})")
+
+
+class Close(NamedTuple):
+    """The result of one SELL."""
+
+    trade_id: int
+    quantity: float
+    price: float
+    executed_at: int
+    matches: tuple[Match, ...]
+    realized_pnl: float
+    entry_trade_id: int | None
+    shortfall: float
+    closed_lots: tuple[Lot, ...]
+
+    @property
+    def consumed(self) -> float:
+        return self.quantity - self.shortfall
+
+
+class Position(NamedTuple):
+    """The open position of one ticker: what ``positions.db`` must hold."""
+
+    ticker: str
+    quantity: float
+    entry_price: float
+    opened_at: int
+    lots: int
+
+
+class OutOfOrderError(ValueError):
+    """A trade fed to a book before one it follows in (executed_at, trade_id) order."""
+
+
+class TickerBook:
+    """The open lots of one ticker, consumed first in, first out.
+
+    Feed it that ticker's trades in (``executed_at``, ``trade_id``) order through :meth:`buy` and
+    :meth:`sell`. It holds only the lots that are still open.
+    """
+
+    __slots__ = ("ticker", "lots", "_last")
+
+    def __init__(self, ticker: str) -> None:
+        self.ticker = ticker
+        self.lots: deque[Lot] = deque()
+        self._last: tuple[int, int] | None = None
+
+    def _advance(self, executed_at: int, trade_id: int) -> None:
+        key = (executed_at, trade_id)
+        if self._last is not None and key <= self._last:
+            raise OutOfOrderError(
+                f"{self.ticker}: trade {trade_id} at {executed_at} does not follow trade "
+                f"{self._last[1]} at {self._last[0]} in (executed_at, trade_id) order"
+            )
+        self._last = key
+
+    def buy(self, trade_id: int, quantity: float, price: float, executed_at: int) -> Lot:
+        """Open a lot."""
+        self._advance(executed_at, trade_id)
+        lot = Lot(trade_id, executed_at, quantity, price)
+        self.lots.append(lot)
+        return lot
+
+    def open_quantity(self) -> float:
+        return math.fsum(lot.remaining for lot in self.lots)
+
+    def shortfall_of(self, quantity: float) -> float:
+        """How much of a SELL of ``quantity`` the open lots could not cover (0 when covered)."""
+        short = quantity - self.open_quantity()
+        return short if short >= QTY_EPSILON else 0.0
+
+    def sell(self, trade_id: int, quantity: float, price: float, executed_at: int) -> Close:
+        """Close ``quantity`` FIFO. What the open lots cannot cover is reported as ``shortfall``."""
+        self._advance(executed_at, trade_id)
+        lots = self.lots
+        want = quantity
+        matches: list[Match] = []
+        closed: list[Lot] = []
+        pnl = 0.0
+        while want >= QTY_EPSILON and lots:
+            lot = lots[0]
+            take = lot.remaining if lot.remaining <= want else want
+            piece = (price - lot.price) * take
+            matches.append(Match(trade_id, lot.trade_id, take, lot.price, price, piece, executed_at))
+            pnl += piece
+            lot.matched_quantity += take
+            lot.matched_value += price * take
+            lot.realized_pnl += piece
+            lot.last_exit_time = executed_at
+            rest = lot.remaining - take
+            want -= take
+            if rest < QTY_EPSILON:
+                lot.remaining = 0.0
+                lots.popleft()
+                closed.append(lot)
+            else:
+                lot.remaining = rest
+        shortfall = want if want >= QTY_EPSILON else 0.0
+        return Close(
+            trade_id, quantity, price, executed_at, tuple(matches), pnl,
+            matches[0].entry_trade_id if matches else None, shortfall, tuple(closed),
+        )
+
+    def position(self) -> Position | None:
+        """The open position (``None`` when flat)."""
+        if not self.lots:
+            return None
+        quantity = math.fsum(lot.remaining for lot in self.lots)
+        cost = math.fsum(lot.remaining * lot.price for lot in self.lots)
+        return Position(self.ticker, quantity, cost / quantity, self.lots[0].executed_at, len(self.lots))
+
+
+class TickerReplay(NamedTuple):
+    """Everything the ledger says about one ticker, from its trades alone."""
+
+    ticker: str
+    closes: tuple[Close, ...]
+    lots: tuple[Lot, ...]          # every lot, in FIFO order, in its final state
+    position: Position | None
+
+
+#: A trade as the accounting needs it: the executed facts only.
+#: (ticker, trade_id, action, quantity, price, executed_at)
+TradeFacts = tuple[str, int, str, float, float, int]
+
+
+def replay(trades: Iterable[TradeFacts]) -> Iterator[tuple[str, TickerBook, TradeFacts, Close | Lot]]:
+    """Stream trades sorted by (ticker, executed_at, trade_id) through one book per ticker.
+
+    Yields ``(ticker, book, trade, outcome)`` for every trade: the :class:`Lot` a BUY opened or the
+    :class:`Close` a SELL produced. Only the current ticker's open lots are held; a new book starts
+    whenever the ticker changes. After the last trade of a ticker, ``book.position()`` is its position.
+    """
+    book: TickerBook | None = None
+    for trade in trades:
+        ticker, trade_id, action, quantity, price, executed_at = trade
+        if book is None or ticker != book.ticker:
+            book = TickerBook(ticker)
+        if action == "BUY":
+            yield ticker, book, trade, book.buy(trade_id, quantity, price, executed_at)
+        else:
+            yield ticker, book, trade, book.sell(trade_id, quantity, price, executed_at)
+
+
+def replay_ticker(ticker: str, trades: Iterable[tuple[int, str, float, float, int]]) -> TickerReplay:
+    """Replay one ticker's trades ``(trade_id, action, quantity, price, executed_at)`` in order."""
+    book = TickerBook(ticker)
+    closes: list[Close] = []
+    lots: list[Lot] = []
+    for trade_id, action, quantity, price, executed_at in trades:
+        if action == "BUY":
+            lots.append(book.buy(trade_id, quantity, price, executed_at))
+        else:
+            closes.append(book.sell(trade_id, quantity, price, executed_at))
+    return TickerReplay(ticker, tuple(closes), tuple(lots), book.position())

@@ -1,0 +1,453 @@
+"""The trade writer: record BUYs and SELLs, read lots, positions and stats (the TradeStore).
+
+Writing a trade::
+
+    BEGIN IMMEDIATE                       (trading.db and positions.db; waits for other writers)
+      replay the ticker's executed trades through toolkit.accounting (never trusting stored links)
+      refuse an oversell, a backdated trade, a bad value
+      INSERT the trade, its lot_matches; UPDATE the lots it closed; UPDATE the account's cash
+    COMMIT                                <- trading.db: the ledger is the truth
+    BEGIN IMMEDIATE
+      if this trade is still the ticker's latest: set the ticker's positions row from the book
+      INSERT closed_positions rows for the lots it closed
+    COMMIT                                <- positions.db: a projection of the ledger
+
+A crash between the two commits leaves trading.db with the trade and positions.db without its
+effect. The ``position_ledger_mismatch`` integrity rule detects exactly that (missing, orphaned or
+different positions rows), and ``integrity repair`` rebuilds the rows from the ledger. A second
+writer that commits in between makes the first writer's projection step a no-op: the later trade's
+projection already includes it.
+"""
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .accounting import Close, Lot, Match, Position, TickerBook, cash_effect, replay
+from .config import Settings, load_settings
+from .db import open_databases, translate_error
+from .domain import trade_problems
+from .errors import LedgerError, NotInitialisedError, OversellError
+
+__all__ = [
+    "TradeResult",
+    "Trade",
+    "OpenLot",
+    "LedgerStats",
+    "TradeStore",
+    "position_row",
+    "closed_position_row",
+    "CLOSED_POSITION_COLUMNS",
+    "INSERT_CLOSED_POSITION",
+]
+
+
+@dataclass(frozen=True)
+class TradeResult:
+    """What recording a trade did."""
+
+    trade_id: int
+    ticker: str
+    action: str
+    realized_pnl: float | None     # None for a BUY (an opening leg carries no P&L)
+    closed_lots: tuple[int, ...]   # BUY trade ids fully closed by this SELL
+    matches: tuple[Match, ...]
+    cash_balance: float
+    position: Position | None      # the ticker's position after the trade
+
+
+@dataclass(frozen=True)
+class Trade:
+    trade_id: int
+    run_id: str | None
+    ticker: str
+    action: str
+    quantity: float
+    price: float
+    commission: float
+    executed_at: int
+    is_close: int
+    entry_trade_id: int | None
+    realized_pnl: float | None
+    status: str
+    exit_price: float | None
+    exit_time: int | None
+    order_id: str | None
+    strategy: str | None
+
+
+@dataclass(frozen=True)
+class OpenLot:
+    trade_id: int
+    ticker: str
+    quantity: float
+    remaining: float
+    price: float
+    executed_at: int
+
+
+@dataclass(frozen=True)
+class LedgerStats:
+    trades: int
+    buys: int
+    sells: int
+    open_lots: int
+    open_tickers: int
+    realized_pnl: float
+    wins: int
+    losses: int
+    win_rate: float | None
+    commissions: float
+    cash_balance: float | None
+
+
+_TRADE_COLUMNS = ("trade_id, run_id, ticker, action, quantity, price, commission, executed_at, is_close, "
+                  "entry_trade_id, realized_pnl, status, exit_price, exit_time, order_id, strategy")
+
+
+def position_row(position: Position, last_price: float, updated_at: int, strategy: str | None) -> dict:
+    """The ``positions`` row that projects a ticker's open lots (one long row per ticker)."""
+    return {
+        "ticker": position.ticker,
+        "side": "long",
+        "quantity": position.quantity,
+        "entry_price": position.entry_price,
+        "current_price": last_price,
+        "unrealized_pnl": (last_price - position.entry_price) * position.quantity,
+        "opened_at": position.opened_at,
+        "updated_at": max(updated_at, position.opened_at),
+        "strategy": strategy,
+    }
+
+
+#: Columns of a ``closed_positions`` row, in the order :func:`closed_position_row` returns them.
+CLOSED_POSITION_COLUMNS = ("entry_trade_id", "ticker", "side", "quantity", "entry_price", "opened_at", "updated_at",
+                           "closed_at", "exit_price", "realized_pnl", "holding_period_hours", "commission", "strategy")
+
+
+def closed_position_row(lot: Lot, ticker: str, commission: float, strategy: str | None) -> tuple:
+    """The ``closed_positions`` row of a fully closed lot (values in :data:`CLOSED_POSITION_COLUMNS` order)."""
+    closed_at = lot.last_exit_time if lot.last_exit_time is not None else lot.executed_at
+    return (lot.trade_id, ticker, "long", lot.quantity, lot.price, lot.executed_at, closed_at, closed_at,
+            lot.exit_price, lot.realized_pnl, (closed_at - lot.executed_at) / 3600.0, commission, strategy)
+
+
+INSERT_CLOSED_POSITION = (
+    f"INSERT OR IGNORE INTO positions.closed_positions ({', '.join(CLOSED_POSITION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(CLOSED_POSITION_COLUMNS))})"
+)
+
+
+_UPSERT_POSITION = """
+INSERT INTO positions.positions (ticker, side, quantity, entry_price, current_price, unrealized_pnl,
+                                 opened_at, updated_at, strategy)
+VALUES (:ticker, :side, :quantity, :entry_price, :current_price, :unrealized_pnl, :opened_at, :updated_at, :strategy)
+ON CONFLICT (ticker, side) DO UPDATE SET
+    quantity = excluded.quantity, entry_price = excluded.entry_price, current_price = excluded.current_price,
+    unrealized_pnl = excluded.unrealized_pnl, opened_at = excluded.opened_at, updated_at = excluded.updated_at,
+    strategy = COALESCE(excluded.strategy, positions.strategy)
+"""
+
+
+
+class TradeStore:
+    """Record trades and read the ledger of a data directory (``positions`` and ``trading``).
+
+    Safe for several writers: every write is a ``BEGIN IMMEDIATE`` transaction and waits up to the
+    busy timeout for another writer. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, where: Settings | str | Path, *, busy_timeout: float | None = None,
+                 factory: type[sqlite3.Connection] = sqlite3.Connection) -> None:
+        settings = where if isinstance(where, Settings) else load_settings(where)
+        self.settings = settings
+        paths = {"trading": settings.path("trading"), "positions": settings.path("positions")}
+        missing = [p for p in paths.values() if not p.exists()]
+        if missing:
+            raise NotInitialisedError(f"{missing[0]}: does not exist", hint="run `migrate upgrade` first")
+        self._conn = open_databases(paths, readonly=False, factory=factory,
+                                    busy_timeout=busy_timeout if busy_timeout is not None else settings.busy_timeout)
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM trading.sqlite_master WHERE type = 'table'")}
+        if not {"trades", "lot_matches", "account"} <= tables:
+            self._conn.close()
+            raise NotInitialisedError(f"{paths['trading']}: has no trade ledger tables", hint="run `migrate upgrade` first")
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> TradeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._conn
+
+    def _begin(self, what: str) -> None:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise translate_error(exc, self.settings.path("trading"), action=what) from exc
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    # -- the account -------------------------------------------------------------------------------
+
+    def open_account(self, starting_capital: float, *, at: int | None = None, currency: str = "USD") -> float:
+        """Create the account with its starting capital (idempotent for the same capital)."""
+        if not (isinstance(starting_capital, (int, float)) and math.isfinite(starting_capital) and starting_capital >= 0):
+            raise LedgerError(f"starting capital must be a finite number >= 0, got {starting_capital!r}")
+        now = int(at if at is not None else time.time())
+        self._begin("opening the account")
+        try:
+            row = self._conn.execute("SELECT starting_capital, cash_balance FROM trading.account WHERE account_id = 1").fetchone()
+            if row is not None:
+                self._rollback()
+                if row[0] != starting_capital:
+                    raise LedgerError(f"the account already exists with starting capital {row[0]:g}, not {starting_capital:g}")
+                return row[1]
+            self._conn.execute(
+                "INSERT INTO trading.account (account_id, starting_capital, cash_balance, currency, created_at, updated_at) "
+                "VALUES (1, ?, ?, ?, ?, ?)", (starting_capital, starting_capital, currency, now, now))
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return float(starting_capital)
+
+    def adjust_cash(self, amount: float, reason: str, *, at: int | None = None) -> float:
+        """Record a deposit (+), withdrawal (−) or labelled correction; returns the new cash balance."""
+        if not (isinstance(amount, (int, float)) and math.isfinite(amount) and amount != 0):
+            raise LedgerError(f"an adjustment must be a finite, non-zero amount, got {amount!r}")
+        if not isinstance(reason, str) or not reason.strip():
+            raise LedgerError("an adjustment needs a reason (deposit, withdrawal, correction: ...)")
+        now = int(at if at is not None else time.time())
+        self._begin("adjusting cash")
+        try:
+            self._conn.execute("INSERT INTO trading.account_adjustments (amount, reason, created_at) VALUES (?, ?, ?)",
+                               (amount, reason.strip(), now))
+            cash = self._apply_cash(amount, now)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return cash
+
+    def _apply_cash(self, delta: float, now: int) -> float:
+        row = self._conn.execute(
+            "UPDATE trading.account SET cash_balance = cash_balance + ?, updated_at = MAX(updated_at, ?) "
+            "WHERE account_id = 1 RETURNING cash_balance", (delta, now)).fetchone()
+        if row is None:
+            raise LedgerError("the ledger has no account yet", hint="call open_account(starting_capital) first")
+        return float(row[0])
+
+    # -- writing trades ----------------------------------------------------------------------------
+
+    def _book(self, ticker: str) -> TickerBook:
+        book = TickerBook(ticker)
+        rows = self._conn.execute(
+            "SELECT trade_id, action, quantity, price, executed_at FROM trading.trades "
+            "WHERE ticker = ? ORDER BY executed_at, trade_id", (ticker,))
+        for trade_id, action, quantity, price, executed_at in rows:
+            if action == "BUY":
+                book.buy(trade_id, quantity, price, executed_at)
+            else:
+                book.sell(trade_id, quantity, price, executed_at)
+        return book
+
+    def record(
+        self,
+        ticker: str,
+        action: str,
+        quantity: float,
+        price: float,
+        *,
+        run_id: str,
+        commission: float = 0.0,
+        executed_at: int | None = None,
+        order_id: str | None = None,
+        strategy: str | None = None,
+    ) -> TradeResult:
+        """Record one execution; a SELL closes lots FIFO and returns its realized P&L.
+
+        Refuses (``LedgerError``, nothing written) a SELL beyond the open quantity, a trade earlier
+        than the ticker's last one, and values outside their domain.
+        """
+        action = action.upper() if isinstance(action, str) else action
+        when = int(time.time()) if executed_at is None else executed_at
+        if isinstance(quantity, int) and not isinstance(quantity, bool):
+            quantity = float(quantity)
+        if isinstance(price, int) and not isinstance(price, bool):
+            price = float(price)
+        problems = trade_problems(ticker, action, quantity, price, commission, when, run_id)
+        if problems:
+            raise LedgerError(f"trade refused: {'; '.join(problems)}")
+        self._begin(f"recording a {action} of {ticker}")
+        try:
+            last = self._conn.execute(
+                "SELECT executed_at FROM trading.trades WHERE ticker = ? ORDER BY executed_at DESC, trade_id DESC LIMIT 1",
+                (ticker,)).fetchone()
+            if last is not None and when < last[0]:
+                raise LedgerError(
+                    f"{action} of {ticker} at {when} refused: earlier than the ticker's last trade at {last[0]}",
+                    hint="the ledger is append-only in time; record trades in the order they executed")
+            book = self._book(ticker)
+            trade_id = self._conn.execute("SELECT COALESCE(MAX(trade_id), 0) + 1 FROM trading.trades").fetchone()[0]
+            if action == "SELL":
+                held = book.open_quantity()
+                if book.shortfall_of(quantity) > 0.0:
+                    raise OversellError(ticker, quantity, held)
+                outcome: Close | Lot = book.sell(trade_id, quantity, price, when)
+            else:
+                outcome = book.buy(trade_id, quantity, price, when)
+            self._insert_trade(trade_id, ticker, action, quantity, price, commission, when, run_id, order_id, strategy, outcome)
+            cash = self._apply_cash(cash_effect(action, quantity, price, commission), when)
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise translate_error(exc, self.settings.path("trading"), action=f"recording a {action} of {ticker}") from exc
+        except BaseException:
+            self._rollback()
+            raise
+        closed = outcome.closed_lots if isinstance(outcome, Close) else ()
+        self._project(book, trade_id, price, when, strategy, closed)
+        return TradeResult(
+            trade_id=trade_id,
+            ticker=ticker,
+            action=action,
+            realized_pnl=outcome.realized_pnl if isinstance(outcome, Close) else None,
+            closed_lots=tuple(lot.trade_id for lot in closed),
+            matches=outcome.matches if isinstance(outcome, Close) else (),
+            cash_balance=cash,
+            position=book.position(),
+        )
+
+    def buy(self, ticker: str, quantity: float, price: float, **kwargs: object) -> TradeResult:
+        return self.record(ticker, "BUY", quantity, price, **kwargs)  # type: ignore[arg-type]
+
+    def sell(self, ticker: str, quantity: float, price: float, **kwargs: object) -> TradeResult:
+        return self.record(ticker, "SELL", quantity, price, **kwargs)  # type: ignore[arg-type]
+
+    def _insert_trade(self, trade_id: int, ticker: str, action: str, quantity: float, price: float,
+                      commission: float, when: int, run_id: str, order_id: str | None, strategy: str | None,
+                      outcome: Close | Lot) -> None:
+        conn = self._conn
+        if isinstance(outcome, Close):
+            conn.execute(
+                f"INSERT INTO trading.trades ({_TRADE_COLUMNS}) VALUES (?, ?, ?, 'SELL', ?, ?, ?, ?, 1, ?, ?, 'CLOSED', ?, ?, ?, ?)",
+                (trade_id, run_id, ticker, quantity, price, commission, when, outcome.entry_trade_id,
+                 outcome.realized_pnl, price, when, order_id, strategy))
+            conn.executemany(
+                "INSERT INTO trading.lot_matches (close_trade_id, entry_trade_id, quantity, entry_price, exit_price, "
+                "realized_pnl, matched_at) VALUES (?, ?, ?, ?, ?, ?, ?)", outcome.matches)
+            conn.executemany(
+                "UPDATE trading.trades SET status = 'CLOSED', exit_price = ?, exit_time = ? WHERE trade_id = ?",
+                [(lot.exit_price, lot.exit_time, lot.trade_id) for lot in outcome.closed_lots])
+        else:
+            conn.execute(
+                f"INSERT INTO trading.trades ({_TRADE_COLUMNS}) VALUES (?, ?, ?, 'BUY', ?, ?, ?, ?, 0, NULL, NULL, 'OPEN', NULL, NULL, ?, ?)",
+                (trade_id, run_id, ticker, quantity, price, commission, when, order_id, strategy))
+
+    def _project(self, book: TickerBook, trade_id: int, price: float, when: int,
+                 strategy: str | None, closed: tuple[Lot, ...]) -> None:
+        """Bring positions.db in line with the ticker's book (second transaction; see module doc)."""
+        ticker = book.ticker
+        self._begin(f"updating the {ticker} position")
+        try:
+            latest = self._conn.execute(
+                "SELECT trade_id FROM trading.trades WHERE ticker = ? ORDER BY executed_at DESC, trade_id DESC LIMIT 1",
+                (ticker,)).fetchone()
+            if latest is not None and latest[0] == trade_id:
+                position = book.position()
+                if position is None:
+                    self._conn.execute("DELETE FROM positions.positions WHERE ticker = ? AND side = 'long'", (ticker,))
+                else:
+                    self._conn.execute(_UPSERT_POSITION, position_row(position, price, when, strategy))
+            if closed:
+                facts = {
+                    r[0]: (r[1], r[2]) for r in self._conn.execute(
+                        f"SELECT trade_id, commission, strategy FROM trading.trades WHERE trade_id IN ({','.join('?' * len(closed))})",
+                        [lot.trade_id for lot in closed])
+                }
+                self._conn.executemany(INSERT_CLOSED_POSITION, [
+                    closed_position_row(lot, ticker, facts[lot.trade_id][0], facts[lot.trade_id][1]) for lot in closed
+                ])
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise translate_error(exc, self.settings.path("positions"), action=f"updating the {ticker} position") from exc
+        except BaseException:
+            self._rollback()
+            raise
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def get_trade(self, trade_id: int) -> Trade | None:
+        row = self._conn.execute(f"SELECT {_TRADE_COLUMNS} FROM trading.trades WHERE trade_id = ?", (trade_id,)).fetchone()
+        return Trade(*row) if row else None
+
+    def _replay(self, ticker: str | None) -> Iterator[tuple[str, TickerBook, tuple, Close | Lot]]:
+        where, params = ("WHERE ticker = ?", (ticker,)) if ticker is not None else ("", ())
+        cursor = self._conn.execute(
+            f"SELECT ticker, trade_id, action, quantity, price, executed_at FROM trading.trades {where} "
+            "ORDER BY ticker, executed_at, trade_id", params)
+        return replay(cursor)
+
+    def _books(self, ticker: str | None) -> Iterator[TickerBook]:
+        """Each ticker's book after its last trade."""
+        current: TickerBook | None = None
+        for _, book, _, _ in self._replay(ticker):
+            if current is not None and book is not current:
+                yield current
+            current = book
+        if current is not None:
+            yield current
+
+    def open_lots(self, ticker: str | None = None) -> list[OpenLot]:
+        """Lots with quantity remaining, FIFO order within each ticker (recovery after a restart)."""
+        return [
+            OpenLot(lot.trade_id, book.ticker, lot.quantity, lot.remaining, lot.price, lot.executed_at)
+            for book in self._books(ticker) for lot in book.lots
+        ]
+
+    def open_positions(self) -> list[Position]:
+        """One position per ticker with open lots, from the ledger (not from positions.db)."""
+        return [p for p in (book.position() for book in self._books(None)) if p is not None]
+
+    def stats(self) -> LedgerStats:
+        """Trade counts, open lots, realized P&L, win rate and commissions, from the ledger."""
+        trades = buys = sells = wins = losses = open_lots = open_tickers = 0
+        realized = 0.0
+        current: TickerBook | None = None
+        for _, book, trade, outcome in self._replay(None):
+            if book is not current:
+                if current is not None and current.lots:
+                    open_tickers += 1
+                    open_lots += len(current.lots)
+                current = book
+            trades += 1
+            if isinstance(outcome, Close):
+                sells += 1
+                realized += outcome.realized_pnl
+                wins += outcome.realized_pnl > 0
+                losses += outcome.realized_pnl < 0
+            else:
+                buys += 1
+        if current is not None and current.lots:
+            open_tickers += 1
+            open_lots += len(current.lots)
+        commissions, cash = self._conn.execute(
+            "SELECT (SELECT COALESCE(SUM(commission), 0) FROM trading.trades), "
+            "(SELECT cash_balance FROM trading.account WHERE account_id = 1)").fetchone()
+        return LedgerStats(trades, buys, sells, open_lots, open_tickers, realized, wins, losses,
+                           wins / sells if sells else None, commissions, cash)
