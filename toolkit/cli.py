@@ -77,20 +77,40 @@ def _confirm(question: str, yes: bool) -> None:
         raise ConfirmationRequired("cancelled; nothing was changed")
 
 
-def _global_options(func: Callable) -> Callable:
-    options = [
-        click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                     help="Directory holding the databases [env TOOLKIT_DATA_DIR, pyproject [tool.toolkit] data-dir; default ./data]."),
-        click.option("--busy-timeout", type=click.FloatRange(min=0), default=None,
-                     help="Seconds to wait for another connection's write lock on a database [default 5]."),
-        click.option("--lock-timeout", type=click.FloatRange(min=0), default=None,
-                     help="Seconds to wait for another toolkit process holding the data directory [default 30]."),
-        click.option("--migrations-dir", multiple=True, type=click.Path(path_type=Path, file_okay=False),
-                     help="Extra directory of migrations, after the bundled ones (repeatable)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+def _late_global_option(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A global option given after the command name (`migrate upgrade --data-dir D`) overrides the
+    same option given before it; extra migration directories add up."""
+    if value is None or value == ():
+        return
+    holder = ctx.find_object(_Settings)
+    if holder is None:  # pragma: no cover - every command runs under a group that sets it
+        return
+    if param.name == "migrations_dir":
+        value = tuple(holder.options.get("migrations_dir") or ()) + tuple(value)
+    holder.options[str(param.name)] = value
+    holder._value = None
+
+
+def _global_options(func: Callable | None = None, *, late: bool = False) -> Callable:
+    """The options every command takes: on the group, and (``late``) again on each command."""
+    extra: dict[str, Any] = {"callback": _late_global_option, "expose_value": False} if late else {}
+
+    def decorate(func: Callable) -> Callable:
+        options = [
+            click.option("--data-dir", type=click.Path(path_type=Path), default=None, **extra,
+                         help="Directory holding the databases [env TOOLKIT_DATA_DIR, pyproject [tool.toolkit] data-dir; default ./data]."),
+            click.option("--busy-timeout", type=click.FloatRange(min=0), default=None, **extra,
+                         help="Seconds to wait for another connection's write lock on a database [default 5]."),
+            click.option("--lock-timeout", type=click.FloatRange(min=0), default=None, **extra,
+                         help="Seconds to wait for another toolkit process holding the data directory [default 30]."),
+            click.option("--migrations-dir", multiple=True, type=click.Path(path_type=Path, file_okay=False), **extra,
+                         help="Extra directory of migrations, after the bundled ones (repeatable)."),
+        ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate(func) if func is not None else decorate
 
 
 def run(group: click.Group, args: Sequence[str] | None = None, prog_name: str | None = None) -> int:
@@ -103,7 +123,12 @@ def run(group: click.Group, args: Sequence[str] | None = None, prog_name: str | 
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # click turns a Ctrl-C anywhere in a command into Abort (raised *from* the KeyboardInterrupt);
+        # only an Abort at a prompt (raised from None) is a refused confirmation.
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            _echo_err("interrupted; every database is left at its last committed state")
+            return 130
         _echo_err("aborted; nothing more was changed")
         return EXIT_USAGE
     except ToolkitError as exc:
@@ -111,6 +136,9 @@ def run(group: click.Group, args: Sequence[str] | None = None, prog_name: str | 
         return exc.exit_code
     except sqlite3.Error as exc:
         _echo_err(f"error: SQLite: {exc}")
+        return EXIT_RUNTIME
+    except OSError as exc:  # a path the library did not foresee: still one line naming it, never a traceback
+        _echo_err(f"error: {exc}")
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         _echo_err("interrupted; every database is left at its last committed state")
@@ -138,6 +166,7 @@ def _print_reconciled(notes: Sequence[str]) -> None:
 
 
 @migrate_group.command("upgrade")
+@_global_options(late=True)
 @click.option("--migration", "target", metavar="ID", help="Apply pending migrations up to and including ID.")
 @click.option("--database", type=click.Choice(["positions", "trading", "ml_training"]), help="Only migrations of this database.")
 @click.option("--dry-run", is_flag=True, help="Print, per database, the plan and the exact SQL; change nothing.")
@@ -175,6 +204,7 @@ def migrate_upgrade(ctx: click.Context, target: str | None, database: str | None
 
 
 @migrate_group.command("downgrade")
+@_global_options(late=True)
 @click.option("--migration", "target", metavar="ID", help="Revert down to and including ID (default: everything).")
 @click.option("--database", type=click.Choice(["positions", "trading", "ml_training"]), help="Only migrations of this database.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
@@ -197,6 +227,7 @@ def migrate_downgrade(ctx: click.Context, target: str | None, database: str | No
 
 
 @migrate_group.command("status")
+@_global_options(late=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def migrate_status(ctx: click.Context, as_json: bool) -> int:
@@ -227,6 +258,7 @@ def migrate_status(ctx: click.Context, as_json: bool) -> int:
 
 
 @migrate_group.command("verify")
+@_global_options(late=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def migrate_verify(ctx: click.Context, as_json: bool) -> int:
@@ -251,6 +283,7 @@ def migrate_verify(ctx: click.Context, as_json: bool) -> int:
 
 
 @migrate_group.command("accept")
+@_global_options(late=True)
 @click.argument("migration_id", metavar="ID")
 @click.pass_context
 def migrate_accept(ctx: click.Context, migration_id: str) -> int:
@@ -265,6 +298,7 @@ def migrate_accept(ctx: click.Context, migration_id: str) -> int:
 
 
 @migrate_group.command("restore")
+@_global_options(late=True)
 @click.argument("backup", required=False)
 @click.option("--database", type=click.Choice(["positions", "trading", "ml_training", "migrations"]),
               help="Restore the newest backup of this database (when no BACKUP is named).")
@@ -295,6 +329,164 @@ def migrate_restore(ctx: click.Context, backup: str | None, database: str | None
     return EXIT_OK
 
 
+# -- integrity -------------------------------------------------------------------------------------
+
+SEVERITIES = ["CRITICAL", "HIGH", "MEDIUM", "LOW"]
+
+
+@click.group(name="integrity", context_settings=CONTEXT)
+@_global_options
+@click.option("--checks-dir", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Directory of project rules (*.py defining @rule objects), after the bundled ones (repeatable).")
+@click.pass_context
+def integrity_group(ctx: click.Context, **options: Any) -> None:
+    """Check the ledger before a deploy, repair it after a session.
+
+    Rules come from the bundled catalogue, plugins (entry-point group toolkit.checks) and
+    the project's checks directories; `integrity list` shows them.
+    """
+    ctx.obj = _Settings(**options)
+
+
+def _progress() -> Callable[[str], None] | None:
+    return _echo_err if sys.stderr.isatty() else None
+
+
+def _registry(settings):
+    from .rules.registry import load_registry
+
+    return load_registry(settings)
+
+
+@integrity_group.command("check")
+@click.option("--rule", "rule_ids", multiple=True, metavar="ID", help="Only this rule (repeatable); default: all.")
+@click.option("--fail-on", type=click.Choice(SEVERITIES, case_sensitive=False), default="HIGH", show_default=True,
+              help="Exit 1 when a violation at or above this severity remains after the baseline.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "junit", "sarif", "markdown"]), default="table",
+              show_default=True, help="Output format.")
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), help="Write the report to FILE instead of stdout.")
+@click.option("--baseline", type=click.Path(path_type=Path, dir_okay=False), help="Accept the violations listed in FILE.")
+@click.option("--sample", type=click.IntRange(min=0), default=20, show_default=True, help="Violations shown per rule.")
+@click.pass_context
+def integrity_check(ctx: click.Context, rule_ids: tuple[str, ...], fail_on: str, fmt: str, output: Path | None,
+                    baseline: Path | None, sample: int) -> int:
+    """Run the rules over all databases at once; the pre-deploy gate.
+
+    Exit codes: 0 nothing at or above --fail-on, 1 violations (or a rule errored or was
+    skipped), 3 runtime error. Every run is recorded (see `integrity history`).
+    """
+    from .report import render
+    from .rules.baseline import load_baseline
+    from .rules.model import Severity
+    from .rules.runner import run_checks
+
+    settings = _settings(ctx)
+    accepted = load_baseline(baseline) if baseline is not None else None
+    report = run_checks(settings, rule_ids=list(rule_ids) or None, registry=_registry(settings),
+                        fail_on=Severity[fail_on.upper()], sample=sample,
+                        accepted=accepted.fingerprints if accepted else None,
+                        baseline_name=str(baseline) if baseline else None, progress=_progress())
+    text = render(report, fmt)
+    if output is not None:
+        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        from .report import _summary
+
+        _echo_err(f"{fmt} report written to {output}; {_summary(report)}")
+    else:
+        click.echo(text)
+    return report.exit_code
+
+
+@integrity_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def integrity_list(ctx: click.Context, as_json: bool) -> int:
+    """Show the registry: id, severity, databases, repairable, description."""
+    rules = list(_registry(_settings(ctx)))
+    if as_json:
+        click.echo(_json([{"id": r.id, "severity": r.severity.name, "databases": list(r.databases), "kind": r.kind,
+                           "repairable": r.repairable, "description": r.description, "source": r.source} for r in rules]))
+    else:
+        click.echo(_table([[r.id, r.severity.name, ",".join(r.databases), "yes" if r.repairable else "-", r.description]
+                           for r in rules], ["rule", "severity", "databases", "repair", "description"]))
+    return EXIT_OK
+
+
+@integrity_group.group("baseline")
+def integrity_baseline() -> None:
+    """Accept known violations so only new ones fail the gate."""
+
+
+@integrity_baseline.command("create")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--rule", "rule_ids", multiple=True, metavar="ID", help="Only this rule (repeatable).")
+@click.pass_context
+def integrity_baseline_create(ctx: click.Context, file: Path, rule_ids: tuple[str, ...]) -> int:
+    """Write FILE accepting every current violation (fingerprint: rule id + natural key)."""
+    from .rules.baseline import write_baseline
+    from .rules.runner import run_checks
+
+    settings = _settings(ctx)
+    report = run_checks(settings, rule_ids=list(rule_ids) or None, registry=_registry(settings), sample=0,
+                        collect=True, progress=_progress(), record=False)
+    count = write_baseline(file, report)
+    click.echo(f"baseline {file}: {count} accepted violation(s)")
+    for result in report.results:
+        if result.status in ("error", "skipped"):
+            _echo_err(f"warning: {result.rule.id} {result.status}: {result.error or result.reason} (nothing accepted for it)")
+    return EXIT_OK
+
+
+@integrity_baseline.command("prune")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=False))
+@click.pass_context
+def integrity_baseline_prune(ctx: click.Context, file: Path) -> int:
+    """Drop accepted violations from FILE that no longer occur."""
+    from .rules.baseline import load_baseline, prune_baseline
+    from .rules.runner import run_checks
+
+    settings = _settings(ctx)
+    load_baseline(file)  # refuse a malformed file before running anything
+    report = run_checks(settings, registry=_registry(settings), sample=0, collect=True, progress=_progress(), record=False)
+    kept, removed = prune_baseline(file, report)
+    click.echo(f"baseline {file}: {removed} pruned, {kept} kept")
+    return EXIT_OK
+
+
+@integrity_group.command("history")
+@click.argument("run_id", required=False)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def integrity_history(ctx: click.Context, run_id: str | None, limit: int, as_json: bool) -> int:
+    """List recorded check runs, or show one run's results per rule."""
+    from dataclasses import asdict
+
+    from .rules.history import check_run, list_check_runs
+
+    settings = _settings(ctx)
+    if run_id:
+        run = check_run(settings, run_id)
+        if as_json:
+            click.echo(_json(asdict(run)))
+        else:
+            click.echo(f"{run.run_id}  {_when(run.started_at)} UTC  {run.seconds:.2f} s  fail-on {run.fail_on}  exit {run.exit_code}")
+            click.echo(_table([[r["rule"], r["severity"], r["status"], r["count"], r["baselined"] or "",
+                                (r["error"] or "")[:80]] for r in run.results],
+                              ["rule", "severity", "status", "count", "baselined", "error / reason"]))
+        return EXIT_OK
+    runs = list_check_runs(settings, limit=limit)
+    if as_json:
+        click.echo(_json([asdict(r) for r in runs]))
+    elif not runs:
+        click.echo("no check runs recorded")
+    else:
+        click.echo(_table([[r.run_id, _when(r.started_at), f"{r.seconds:.2f}", r.fail_on, r.rules, r.violations, r.blocking,
+                            r.exit_code] for r in runs],
+                          ["run", "started (UTC)", "seconds", "fail-on", "rules", "violations", "blocking", "exit"]))
+    return EXIT_OK
+
+
 # -- entry points ----------------------------------------------------------------------------------
 
 @click.group(name="toolkit", context_settings=CONTEXT)
@@ -303,10 +495,15 @@ def toolkit_group() -> None:
 
 
 toolkit_group.add_command(migrate_group)
+toolkit_group.add_command(integrity_group)
 
 
 def migrate_main() -> None:
     sys.exit(run(migrate_group, prog_name="migrate"))
+
+
+def integrity_main() -> None:
+    sys.exit(run(integrity_group, prog_name="integrity"))
 
 
 def main() -> None:

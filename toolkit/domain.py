@@ -8,7 +8,19 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["TICKER_PATTERN", "is_plausible_ticker", "trade_problems", "is_finite_number", "average_reward"]
+__all__ = [
+    "TICKER_PATTERN",
+    "is_plausible_ticker",
+    "trade_problems",
+    "is_finite_number",
+    "average_reward",
+    "state_key_problem",
+    "parse_state_key",
+    "MAX_STATE_KEY_LENGTH",
+]
+
+#: A Q-table state key longer than this is refused before it is even parsed.
+MAX_STATE_KEY_LENGTH = 512
 
 #: US-listed symbols and share classes: ``AAPL``, ``BRK.B``, ``BF-B``.
 TICKER_PATTERN = r"^[A-Z]{1,5}(?:[.-][A-Z]{1,2})?$"
@@ -54,3 +66,42 @@ def trade_problems(
 def average_reward(total_rewards: float, total_episodes: int) -> float:
     """The ``avg_reward`` an RL model state must carry in its hyperparameters (seed 000, finding 6)."""
     return round(total_rewards / max(total_episodes, 1), 4)
+
+
+def state_key_problem(text: object) -> str | None:
+    """Why a Q-table key is not a plain state-tuple literal such as ``"(1, 0, 'UP')"`` (None if it is).
+
+    The key is parsed with ``ast`` and inspected; nothing is ever evaluated. A plain literal is a
+    tuple whose elements are numbers (optionally signed), strings, booleans or None.
+    """
+    import ast
+
+    if not isinstance(text, str):
+        return f"not a string ({type(text).__name__})"
+    if len(text) > MAX_STATE_KEY_LENGTH:
+        return f"longer than {MAX_STATE_KEY_LENGTH} characters"
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        return f"not a Python literal ({type(exc).__name__})"
+    if not isinstance(node, ast.Tuple):
+        return f"not a tuple literal ({type(node).__name__})"
+    for element in node.elts:
+        value = element
+        if isinstance(value, ast.UnaryOp) and isinstance(value.op, (ast.USub, ast.UAdd)):
+            value = value.operand
+            if not (isinstance(value, ast.Constant) and type(value.value) in (int, float)):
+                return "a signed element that is not a number"
+        if not (isinstance(value, ast.Constant) and type(value.value) in (int, float, str, bool, type(None))):
+            return f"element {ast.unparse(element)[:40]!r} is not a plain literal"
+    return None
+
+
+def parse_state_key(text: str) -> tuple:
+    """Turn a Q-table key back into its state tuple, safely (never ``eval``); ``ValueError`` if unsafe."""
+    import ast
+
+    problem = state_key_problem(text)
+    if problem is not None:
+        raise ValueError(f"unsafe Q-table key {text[:60]!r}: {problem}")
+    return ast.literal_eval(text.strip())

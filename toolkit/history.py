@@ -47,6 +47,34 @@ HISTORY_SCHEMA: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS idx_migration_events_migration ON migration_events (migration_id, at);
     """,
+    # 2: integrity check runs
+    """
+    CREATE TABLE IF NOT EXISTS check_runs (
+        run_id TEXT PRIMARY KEY,
+        started_at INTEGER NOT NULL,
+        duration_seconds REAL NOT NULL,
+        data_dir TEXT NOT NULL,
+        fail_on TEXT NOT NULL,
+        baseline TEXT,
+        rules INTEGER NOT NULL,
+        violations INTEGER NOT NULL,
+        blocking INTEGER NOT NULL,
+        exit_code INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS idx_check_runs_started_at ON check_runs (started_at);
+    CREATE TABLE IF NOT EXISTS check_results (
+        run_id TEXT NOT NULL REFERENCES check_runs (run_id),
+        rule_id TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        status TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        baselined INTEGER NOT NULL,
+        sample TEXT NOT NULL,
+        error TEXT,
+        duration_seconds REAL,
+        PRIMARY KEY (run_id, rule_id)
+    );
+    """,
 )
 
 

@@ -1,0 +1,339 @@
+"""Trade-ledger rules, and the ledger scan they share.
+
+The scan reads ``trading.trades`` once, in (ticker, executed_at, trade_id) order through its covering
+index, feeds every trade through ``toolkit.accounting`` (the one FIFO), and compares what the
+ledger stores — links, lot matches, realized P&L, lot status, exit price and time, positions — with
+what the accounting says. The stored ``lot_matches`` and ``positions`` rows are merged in the same
+order, so the scan holds no more than the open lots of one ticker. Only the rules selected for a run
+do their comparisons.
+
+The executed facts of a trade (ticker, action, quantity, price, executed_at, trade_id) are the truth.
+A row whose facts are not valid numbers is left out of the FIFO (``trade_row_invalid`` reports it).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+
+from toolkit.accounting import Close, Lot, TickerBook, round_quantity
+from toolkit.domain import is_plausible_ticker
+from toolkit.rules.model import CheckContext, Rule, Scan, Violation, rule
+
+__all__ = ["LEDGER_SCAN", "RULES"]
+
+_INF = math.inf
+
+_TRADES = (
+    "SELECT ticker, trade_id, action, quantity, price, executed_at, entry_trade_id, realized_pnl, status, "
+    "exit_price, exit_time FROM trading.trades {where} ORDER BY ticker, executed_at, trade_id"
+)
+_MATCHES = (
+    "SELECT m.close_trade_id, m.entry_trade_id, m.quantity, m.entry_price, m.exit_price, m.realized_pnl "
+    "FROM trading.trades AS t JOIN trading.lot_matches AS m ON m.close_trade_id = t.trade_id "
+    "WHERE t.action = 'SELL' {also} ORDER BY t.ticker, t.executed_at, t.trade_id"
+)
+_POSITIONS = (
+    "SELECT ticker, side, quantity, entry_price FROM positions.positions {where} ORDER BY ticker, side"
+)
+
+
+def _streams(ctx: CheckContext, want_matches: bool, want_positions: bool) -> tuple[Iterator, Iterator, Iterator]:
+    """The three ordered streams, over every ticker or only ``ctx.tickers``."""
+    conn = ctx.conn
+    if ctx.tickers is None:
+        trades: Iterable = conn.execute(_TRADES.format(where=""))
+        matches: Iterable = conn.execute(_MATCHES.format(also="")) if want_matches else ()
+        positions: Iterable = conn.execute(_POSITIONS.format(where="")) if want_positions else ()
+    else:
+        chosen = sorted(ctx.tickers)
+
+        def each(sql: str) -> Iterator[tuple]:
+            for ticker in chosen:
+                yield from conn.execute(sql, (ticker,))
+
+        trades = each(_TRADES.format(where="WHERE ticker = ?"))
+        matches = each(_MATCHES.format(also="AND t.ticker = ?")) if want_matches else ()
+        positions = each(_POSITIONS.format(where="WHERE ticker = ?")) if want_positions else ()
+    return iter(trades), iter(matches), iter(positions)
+
+
+def _differs(stored: object, computed: float, tolerance: float) -> bool:
+    try:
+        return stored is None or not abs(stored - computed) <= tolerance  # type: ignore[operator]
+    except TypeError:
+        return True
+
+
+def _scan(ctx: CheckContext, rules: Mapping[str, Rule]) -> Iterator[Violation]:
+    unlinked = "unlinked_closes" in rules
+    orphaned = "orphaned_sells" in rules
+    pnl_rule = rules.get("realized_pnl_mismatch")
+    status_rule = rules.get("lot_status_inconsistent")
+    position_rule = rules.get("position_ledger_mismatch")
+    pnl_tol = ctx.tolerance(pnl_rule) if pnl_rule else 0.0
+    status_tol = ctx.tolerance(status_rule) if status_rule else 0.0
+    position_tol = ctx.tolerance(position_rule) if position_rule else 0.0
+    trades, match_rows, position_rows = _streams(ctx, unlinked or pnl_rule is not None, position_rule is not None)
+
+    next_match = next(match_rows, None)
+    next_position = next(position_rows, None)
+    book: TickerBook | None = None
+    pending: dict[int, tuple] = {}       # open lot -> its stored (status, exit_price, exit_time)
+    buys_seen: set[int] = set()
+    done = 0
+
+    def lot_closed(lot: Lot, stored: tuple) -> Iterator[Violation]:
+        status, exit_price, exit_time = stored
+        problems = []
+        if status != "CLOSED":
+            problems.append(f"fully consumed but {status}")
+        if exit_price is None:
+            problems.append("CLOSED without an exit price")
+        elif _differs(exit_price, lot.exit_price, status_tol):  # type: ignore[arg-type]
+            problems.append(f"exit price {exit_price!r} is not the weighted exit {lot.exit_price:.6g}")
+        if exit_time is None:
+            problems.append("CLOSED without an exit time")
+        elif exit_time != lot.exit_time:
+            problems.append(f"exit time {exit_time!r} is not the last match's time {lot.exit_time}")
+        if problems:
+            yield Violation("lot_status_inconsistent", {"trade_id": lot.trade_id}, "; ".join(problems),
+                            stored=exit_price, computed=lot.exit_price,
+                            difference=(exit_price - lot.exit_price) if isinstance(exit_price, float) else None,  # type: ignore[operator]
+                            tolerance=status_tol)
+
+    def finish(ticker: str) -> Iterator[Violation]:
+        """The ticker's last trade was seen: check its still-open lots and its position."""
+        nonlocal next_position
+        if status_rule is not None and book is not None:
+            for lot in book.lots:
+                stored = pending.get(lot.trade_id)
+                if stored is not None and stored[0] != "OPEN":
+                    yield Violation("lot_status_inconsistent", {"trade_id": lot.trade_id},
+                                    f"{stored[0]} but {lot.remaining:g} of {lot.quantity:g} is still open",
+                                    stored=stored[0], computed="OPEN")
+        if position_rule is not None:
+            yield from orphans_before(ticker)
+            rows = []
+            while next_position is not None and next_position[0] == ticker:
+                rows.append(next_position)
+                next_position = next(position_rows, None)
+            yield from compare_position(ticker, book.position() if book is not None else None, rows)
+
+    def orphans_before(ticker: str | None) -> Iterator[Violation]:
+        """positions rows of tickers the ledger has no trades for (sorted before ``ticker``)."""
+        nonlocal next_position
+        while next_position is not None and (ticker is None or next_position[0] < ticker):
+            orphan = next_position[0]
+            rows = []
+            while next_position is not None and next_position[0] == orphan:
+                rows.append(next_position)
+                next_position = next(position_rows, None)
+            yield from compare_position(orphan, None, rows)
+
+    def compare_position(ticker: str, computed, rows: list[tuple]) -> Iterator[Violation]:
+        long_rows = [r for r in rows if r[1] == "long"]
+        problems = []
+        if any(r[1] != "long" for r in rows):
+            problems.append("a short position row (the ledger is long-only)")
+        if computed is None:
+            if long_rows:
+                problems.append(f"orphaned: positions holds {long_rows[0][2]!r} but the ledger has no open lots")
+        elif not long_rows:
+            problems.append(f"missing: the ledger holds {computed.quantity:g} in {computed.lots} open lot(s)")
+        else:
+            stored_qty, stored_price = long_rows[0][2], long_rows[0][3]
+            try:
+                if round_quantity(stored_qty) != round_quantity(computed.quantity):
+                    problems.append(f"quantity {stored_qty!r} != open lots {computed.quantity!r}")
+            except TypeError:
+                problems.append(f"quantity {stored_qty!r} is not a number")
+            if _differs(stored_price, computed.entry_price, position_tol):
+                problems.append(f"entry price {stored_price!r} != weighted entry {computed.entry_price:.6g}")
+        if problems:
+            stored = long_rows[0][2] if long_rows else None
+            yield Violation("position_ledger_mismatch", {"ticker": ticker}, "; ".join(problems),
+                            stored=stored, computed=computed.quantity if computed else None,
+                            tolerance=position_tol if computed and long_rows else None)
+
+    for ticker, trade_id, action, quantity, price, executed_at, entry, pnl, status, exit_price, exit_time in trades:
+        if book is None or ticker != book.ticker:
+            if book is not None:
+                yield from finish(book.ticker)
+            book = TickerBook(ticker)
+            pending = {}
+            buys_seen = set()
+        done += 1
+        if done % 200_000 == 0:
+            ctx.say(f"ledger scan: {done:,} trades")
+        try:
+            valid = 0.0 < quantity < _INF and 0.0 < price < _INF and type(executed_at) is int
+        except TypeError:
+            valid = False
+        if action == "BUY":
+            if not valid:
+                continue
+            book.buy(trade_id, quantity, price, executed_at)
+            pending[trade_id] = (status, exit_price, exit_time)
+            buys_seen.add(trade_id)
+            continue
+        stored: list[tuple] = []
+        while next_match is not None and next_match[0] == trade_id:
+            stored.append(next_match)
+            next_match = next(match_rows, None)
+        if action != "SELL" or not valid:
+            continue
+        close: Close = book.sell(trade_id, quantity, price, executed_at)
+        if orphaned and close.shortfall:
+            yield Violation("orphaned_sells", {"trade_id": trade_id},
+                            f"sells {quantity:g} {ticker} but only {close.consumed:g} was held (shortfall {close.shortfall:g})",
+                            stored=quantity, computed=close.consumed, difference=close.shortfall)
+        computed = close.matches
+        if unlinked:
+            problems = []
+            if computed:
+                if entry is None:
+                    problems.append("no entry_trade_id")
+                elif entry != close.entry_trade_id:
+                    where = ("an earlier lot of this ticker, but not the first one FIFO consumed" if entry in buys_seen
+                             else f"not an earlier BUY of {ticker} (a SELL, another ticker's trade, a later or missing trade)")
+                    problems.append(f"entry_trade_id {entry} is {where} (FIFO: {close.entry_trade_id})")
+                if not stored:
+                    problems.append("no lot_matches")
+                elif not _same_matches(stored, computed):
+                    problems.append(f"lot_matches differ from FIFO ({len(stored)} stored, {len(computed)} by FIFO)")
+            elif entry is not None or stored:
+                problems.append("links to lots although nothing was held")
+            if problems:
+                yield Violation("unlinked_closes", {"trade_id": trade_id}, "; ".join(problems),
+                                stored=entry, computed=close.entry_trade_id)
+        if pnl_rule is not None:
+            if _differs(pnl, close.realized_pnl, pnl_tol):
+                yield Violation("realized_pnl_mismatch", {"trade_id": trade_id},
+                                f"close realized_pnl {pnl!r} != FIFO {close.realized_pnl:.6f}",
+                                stored=pnl, computed=close.realized_pnl,
+                                difference=(pnl - close.realized_pnl) if isinstance(pnl, float) else None,
+                                tolerance=pnl_tol)
+            if stored:
+                by_entry = {m.entry_trade_id: m for m in computed}
+                for _, entry_id, _, entry_price, match_exit, match_pnl in stored:
+                    expected = by_entry.get(entry_id)
+                    if expected is None:
+                        continue  # not a FIFO piece: unlinked_closes reports the link
+                    if (_differs(match_pnl, expected.realized_pnl, pnl_tol) or _differs(entry_price, expected.entry_price, pnl_tol)
+                            or _differs(match_exit, expected.exit_price, pnl_tol)):
+                        yield Violation("realized_pnl_mismatch", {"close_trade_id": trade_id, "entry_trade_id": entry_id},
+                                        f"lot match P&L {match_pnl!r} != FIFO {expected.realized_pnl:.6f} "
+                                        f"(entry {entry_price!r} vs {expected.entry_price!r}, exit {match_exit!r} vs {expected.exit_price!r})",
+                                        stored=match_pnl, computed=expected.realized_pnl,
+                                        difference=(match_pnl - expected.realized_pnl) if isinstance(match_pnl, float) else None,
+                                        tolerance=pnl_tol)
+        if status_rule is not None:
+            if status != "CLOSED" or _differs(exit_price, price, status_tol) or exit_time != executed_at:
+                yield Violation("lot_status_inconsistent", {"trade_id": trade_id},
+                                f"a close must be CLOSED at its own price and time (stored {status}, {exit_price!r}, {exit_time!r})",
+                                stored=exit_price, computed=price, tolerance=status_tol)
+            for lot in close.closed_lots:
+                stored_lot = pending.pop(lot.trade_id, None)
+                if stored_lot is not None:
+                    yield from lot_closed(lot, stored_lot)
+    if book is not None:
+        yield from finish(book.ticker)
+    if position_rule is not None:
+        yield from orphans_before(None)
+
+
+def _same_matches(stored: list[tuple], computed: tuple) -> bool:
+    if len(stored) != len(computed):
+        return False
+    if len(stored) == 1:
+        s, c = stored[0], computed[0]
+        try:
+            return s[1] == c.entry_trade_id and round_quantity(s[2]) == round_quantity(c.quantity)
+        except TypeError:
+            return False
+    by_entry = {m.entry_trade_id: m.quantity for m in computed}
+    try:
+        return all(s[1] in by_entry and round_quantity(s[2]) == round_quantity(by_entry[s[1]]) for s in stored)
+    except TypeError:
+        return False
+
+
+#: The shared pass: every rule below that names it is served by one read of the ledger.
+LEDGER_SCAN = Scan("ledger", _scan)
+
+
+@rule("unlinked_closes", severity="MEDIUM", databases=["trading"], reads=["trading.trades", "trading.lot_matches"],
+      key=["trade_id"], scan=LEDGER_SCAN)
+def unlinked_closes() -> None:
+    """Closing trades without a valid lot link: no entry_trade_id, one that is not the first lot FIFO consumed, or lot_matches missing or different from FIFO."""
+
+
+@rule("orphaned_sells", severity="HIGH", databases=["trading"], reads=["trading.trades"], key=["trade_id"], scan=LEDGER_SCAN)
+def orphaned_sells() -> None:
+    """SELLs that sell more than the open lots held at that moment (the shortfall is shown)."""
+
+
+@rule("realized_pnl_mismatch", severity="HIGH", databases=["trading"], reads=["trading.trades", "trading.lot_matches"],
+      key=["trade_id"], scan=LEDGER_SCAN)
+def realized_pnl_mismatch() -> None:
+    """A close's realized_pnl, or a lot match's P&L or prices, differ from the FIFO value (e.g. the sign bug of seed 000)."""
+
+
+@rule("lot_status_inconsistent", severity="HIGH", databases=["trading"], reads=["trading.trades"], key=["trade_id"],
+      scan=LEDGER_SCAN)
+def lot_status_inconsistent() -> None:
+    """Lots fully consumed but OPEN, OPEN-marked CLOSED with quantity left, CLOSED without the right exit price/time; closes not CLOSED."""
+
+
+@rule("opening_leg_with_pnl", severity="CRITICAL", databases=["trading"], reads=["trading.trades"], key=["trade_id"])
+def opening_leg_with_pnl():
+    """BUY rows (opening legs) that carry realized P&L."""
+    # Served by the partial index idx_trades_opening_leg_pnl: empty on a sound ledger, so instant.
+    return """
+        SELECT trade_id, realized_pnl AS stored, NULL AS computed,
+               'opening leg ' || ticker || ' carries realized_pnl ' || realized_pnl AS message
+        FROM trading.trades
+        WHERE action = 'BUY' AND realized_pnl IS NOT NULL
+        ORDER BY trade_id
+    """
+
+
+def _trade_row_invalid(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
+    """Trades with no run id, an implausible ticker, or executed values outside their domain."""
+    conn = ctx.conn
+    # Tickers are few: check each distinct one in Python (the one definition of a plausible symbol).
+    bad_tickers = [t for (t,) in conn.execute("SELECT DISTINCT ticker FROM trading.trades") if not is_plausible_ticker(t)]
+    reported: set[int] = set()
+    for ticker in bad_tickers:
+        for (trade_id,) in conn.execute("SELECT trade_id FROM trading.trades WHERE ticker = ? ORDER BY trade_id", (ticker,)):
+            reported.add(trade_id)
+            yield Violation(rule_.id, {"trade_id": trade_id}, f"ticker {ticker!r} is not a plausible symbol")
+    rows = conn.execute(
+        """
+        SELECT trade_id,
+               CASE WHEN run_id IS NULL THEN 'run_id is NULL'
+                    WHEN trim(run_id) = '' THEN 'run_id is empty'
+                    WHEN typeof(quantity) NOT IN ('real', 'integer') OR quantity <= 0 THEN 'quantity ' || quote(quantity) || ' is not a number > 0'
+                    WHEN typeof(price) NOT IN ('real', 'integer') OR price <= 0 THEN 'price ' || quote(price) || ' is not a number > 0'
+                    WHEN typeof(commission) NOT IN ('real', 'integer') OR commission < 0 THEN 'commission ' || quote(commission) || ' is not a number >= 0'
+                    WHEN typeof(executed_at) <> 'integer' THEN 'executed_at ' || quote(executed_at) || ' is not an epoch integer'
+                    ELSE 'action/is_close inconsistent' END
+        FROM trading.trades
+        WHERE run_id IS NULL OR trim(run_id) = ''
+           OR typeof(quantity) NOT IN ('real', 'integer') OR quantity <= 0 OR abs(quantity) > 1e300
+           OR typeof(price) NOT IN ('real', 'integer') OR price <= 0 OR abs(price) > 1e300
+           OR typeof(commission) NOT IN ('real', 'integer') OR commission < 0
+           OR typeof(executed_at) <> 'integer'
+           OR action NOT IN ('BUY', 'SELL') OR is_close <> (action = 'SELL')
+        ORDER BY trade_id
+        """)
+    for trade_id, message in rows:
+        if trade_id not in reported:
+            yield Violation(rule_.id, {"trade_id": trade_id}, message)
+
+
+trade_row_invalid = rule("trade_row_invalid", severity="HIGH", databases=["trading"], reads=["trading.trades"],
+                         key=["trade_id"])(_trade_row_invalid)
+
+RULES = (unlinked_closes, orphaned_sells, realized_pnl_mismatch, lot_status_inconsistent, opening_leg_with_pnl,
+         trade_row_invalid)

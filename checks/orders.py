@@ -1,0 +1,49 @@
+"""Orders against their fills (through the view ``v_order_fill_stats``, the one definition of an
+order's fill aggregates)."""
+from __future__ import annotations
+
+from toolkit.rules.model import rule
+
+__all__ = ["RULES", "EXPECTED_STATUS"]
+
+#: The status an order must have given its fills. Orders that ended cancelled or expired keep that
+#: status; otherwise the fills decide (the same expression the repair writes).
+EXPECTED_STATUS = """CASE
+        WHEN round(fills_quantity - quantity, 9) >= 0 THEN 'filled'
+        WHEN fills_quantity > 0 THEN CASE WHEN status IN ('cancelled', 'expired') THEN status ELSE 'partially_filled' END
+        WHEN status IN ('pending', 'submitted', 'rejected', 'cancelled', 'expired') THEN status
+        ELSE 'submitted' END"""
+
+
+@rule("order_fill_mismatch", severity="MEDIUM", databases=["trading"],
+      reads=["trading.orders", "trading.fills", "trading.v_order_fill_stats"], key=["order_id", "fill_id"])
+def order_fill_mismatch():
+    """Orders whose filled quantity, average price or status disagree with their fills; fills of unknown orders."""
+    return f"""
+        SELECT order_id, NULL AS fill_id, filled_quantity AS stored, fills_quantity AS computed,
+               filled_quantity - fills_quantity AS difference, :tolerance AS tolerance,
+               trim(
+                 CASE WHEN round(filled_quantity - fills_quantity, 9) <> 0
+                      THEN 'filled_quantity ' || filled_quantity || ' != fills ' || fills_quantity || '; ' ELSE '' END ||
+                 CASE WHEN (filled_avg_price IS NULL) <> (fills_avg_price IS NULL)
+                        OR abs(filled_avg_price - fills_avg_price) > :tolerance
+                      THEN 'filled_avg_price ' || ifnull(filled_avg_price, 'NULL') || ' != fills VWAP '
+                           || ifnull(fills_avg_price, 'NULL') || '; ' ELSE '' END ||
+                 CASE WHEN round(fills_quantity - quantity, 9) > 0
+                      THEN 'fills exceed the order quantity ' || quantity || '; ' ELSE '' END ||
+                 CASE WHEN status <> {EXPECTED_STATUS}
+                      THEN 'status ' || status || ' but fills say ' || {EXPECTED_STATUS} ELSE '' END, '; ') AS message
+        FROM trading.v_order_fill_stats
+        WHERE round(filled_quantity - fills_quantity, 9) <> 0
+           OR (filled_avg_price IS NULL) <> (fills_avg_price IS NULL)
+           OR abs(filled_avg_price - fills_avg_price) > :tolerance
+           OR round(fills_quantity - quantity, 9) > 0
+           OR status <> {EXPECTED_STATUS}
+        UNION ALL
+        SELECT NULL, f.fill_id, NULL, NULL, NULL, NULL, 'fill of unknown order ' || quote(f.order_id)
+        FROM trading.fills AS f
+        WHERE NOT EXISTS (SELECT 1 FROM trading.orders AS o WHERE o.order_id = f.order_id)
+    """
+
+
+RULES = (order_fill_mismatch,)

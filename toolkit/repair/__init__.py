@@ -1,0 +1,1 @@
+"""Repairs: planned, verified, logged and undoable (see the integrity repair command)."""

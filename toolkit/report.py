@@ -1,0 +1,250 @@
+"""Renderers of one check result model: table, JSON (versioned), JUnit XML, SARIF 2.1.0, Markdown."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from . import __version__
+from .rules.model import Severity, Violation
+from .rules.runner import CheckReport, RuleResult
+
+__all__ = ["FORMATS", "JSON_SCHEMA_VERSION", "render", "to_json_data"]
+
+JSON_SCHEMA_VERSION = 1
+TOOL_NAME = "paper-ledger-toolkit"
+TOOL_URI = "https://pypi.org/project/paper-ledger-toolkit/"
+_SARIF_LEVEL = {Severity.CRITICAL: "error", Severity.HIGH: "error", Severity.MEDIUM: "warning", Severity.LOW: "note"}
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}" if abs(value) < 1e6 else f"{value:,.2f}"
+    return str(value)
+
+
+def _key(violation: Violation) -> str:
+    return ", ".join(f"{k}={v}" for k, v in violation.key.items())
+
+
+def _outcome(result: RuleResult, report: CheckReport) -> str:
+    if result.status == "failed" and not result.blocks(report.fail_on):
+        return "warn"
+    return {"passed": "ok", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"}[result.status]
+
+
+def _detail(result: RuleResult) -> str:
+    if result.status == "error":
+        return f"error: {result.error}"
+    if result.status == "skipped":
+        return f"skipped: {result.reason}"
+    return result.rule.description
+
+
+def _summary(report: CheckReport) -> str:
+    blocking = report.blocking
+    verdict = "FAILED" if blocking else "passed"
+    counts = {s: sum(1 for r in report.results if r.status == s) for s in ("failed", "error", "skipped")}
+    return (f"gate {verdict} (fail-on {report.fail_on.name}): {len(report.results)} rules, "
+            f"{report.violations} violation(s), {counts['failed']} failing, {counts['error']} error(s), "
+            f"{counts['skipped']} skipped, {len(blocking)} blocking; run {report.run_id}, {report.seconds:.2f} s")
+
+
+def render_table(report: CheckReport) -> str:
+    from tabulate import tabulate
+
+    rows = [[_outcome(r, report), r.rule.id, r.rule.severity.name, r.count,
+             r.baselined or "", _detail(r)[:90]] for r in report.results]
+    parts = [tabulate(rows, headers=["", "rule", "severity", "count", "baselined", "description / reason"],
+                      tablefmt="simple", disable_numparse=True)]
+    for result in report.results:
+        if not result.samples:
+            continue
+        shown = len(result.samples)
+        parts.append(f"\n{result.rule.id}: {result.count} violation(s)" + (f", first {shown}" if shown < result.count else ""))
+        parts.append(tabulate([[_key(v), _fmt(v.stored), _fmt(v.computed), _fmt(v.difference), _fmt(v.tolerance), v.message[:110]]
+                               for v in result.samples],
+                              headers=["key", "stored", "computed", "difference", "tolerance", "message"],
+                              tablefmt="simple", disable_numparse=True))
+    parts.append("\n" + _summary(report))
+    return "\n".join(parts)
+
+
+def to_json_data(report: CheckReport) -> dict[str, Any]:
+    return {
+        "schema_version": JSON_SCHEMA_VERSION,
+        "tool": {"name": TOOL_NAME, "version": __version__},
+        "run_id": report.run_id,
+        "data_dir": report.data_dir,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(report.started_at)),
+        "duration_seconds": round(report.seconds, 4),
+        "fail_on": report.fail_on.name,
+        "baseline": report.baseline,
+        "exit_code": report.exit_code,
+        "summary": {
+            "rules": len(report.results),
+            "violations": report.violations,
+            "baselined": sum(r.baselined for r in report.results),
+            "blocking_rules": [r.rule.id for r in report.blocking],
+            **{s: sum(1 for r in report.results if r.status == s) for s in ("passed", "failed", "error", "skipped")},
+        },
+        "rules": [
+            {
+                "id": r.rule.id,
+                "severity": r.rule.severity.name,
+                "description": r.rule.description,
+                "databases": list(r.rule.databases),
+                "repairable": r.rule.repairable,
+                "status": r.status,
+                "blocking": r.blocks(report.fail_on),
+                "count": r.count,
+                "baselined": r.baselined,
+                "error": r.error,
+                "skipped_reason": r.reason,
+                "duration_seconds": round(r.seconds, 4),
+                "samples": [dict(v.to_dict(), fingerprint=v.fingerprint) for v in r.samples],
+            }
+            for r in report.results
+        ],
+    }
+
+
+def render_json(report: CheckReport) -> str:
+    return json.dumps(to_json_data(report), indent=2, default=str)
+
+
+def render_junit(report: CheckReport) -> str:
+    """One testcase per rule; a blocking rule fails (or errors); a non-blocking finding is a note."""
+    suites = ET.Element("testsuites", name="integrity", tests=str(len(report.results)), time=f"{report.seconds:.3f}")
+    suite = ET.SubElement(
+        suites, "testsuite", name="integrity check", tests=str(len(report.results)),
+        failures=str(sum(1 for r in report.results if r.status == "failed" and r.blocks(report.fail_on))),
+        errors=str(sum(1 for r in report.results if r.status == "error")),
+        skipped=str(sum(1 for r in report.results if r.status == "skipped")),
+        time=f"{report.seconds:.3f}", timestamp=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(report.started_at)))
+    for result in report.results:
+        case = ET.SubElement(suite, "testcase", classname=f"integrity.{result.rule.severity.name}",
+                             name=result.rule.id, time=f"{result.seconds:.3f}")
+        lines = [f"{_key(v)}: {v.message}" for v in result.samples]
+        body = "\n".join(lines + ([f"... and {result.count - len(lines)} more"] if result.count > len(lines) else []))
+        if result.status == "error":
+            ET.SubElement(case, "error", message=str(result.error), type="RuleError").text = result.error
+        elif result.status == "skipped":
+            ET.SubElement(case, "skipped", message=str(result.reason))
+        elif result.status == "failed" and result.blocks(report.fail_on):
+            ET.SubElement(case, "failure", message=f"{result.count} violation(s): {result.rule.description}",
+                          type=result.rule.severity.name).text = body
+        elif result.status == "failed":
+            ET.SubElement(case, "system-out").text = f"{result.count} violation(s) below fail-on {report.fail_on.name}\n{body}"
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True)
+
+
+def _location(result: RuleResult, violation: Violation) -> dict[str, Any]:
+    database = violation.key.get("database") or result.rule.databases[0]
+    key = ", ".join(f"{k}={v}" for k, v in violation.key.items() if k != "database")
+    return {
+        "physicalLocation": {"artifactLocation": {"uri": f"{database}.db", "uriBaseId": "DATADIR"}},
+        "logicalLocations": [{"name": key or database, "fullyQualifiedName": f"{database}:{result.rule.id}[{key}]",
+                              "kind": "object"}],
+    }
+
+
+def render_sarif(report: CheckReport) -> str:
+    """SARIF 2.1.0: one reportingDescriptor per rule, one result per sampled violation."""
+    rules = []
+    index: dict[str, int] = {}
+    for position, result in enumerate(report.results):
+        index[result.rule.id] = position
+        rules.append({
+            "id": result.rule.id,
+            "name": "".join(part.capitalize() for part in result.rule.id.split("_")),
+            "shortDescription": {"text": result.rule.description},
+            "defaultConfiguration": {"level": _SARIF_LEVEL[result.rule.severity]},
+            "properties": {"severity": result.rule.severity.name, "databases": list(result.rule.databases),
+                           "repairable": result.rule.repairable},
+        })
+    results = []
+    notifications = []
+    for result in report.results:
+        for violation in result.samples:
+            item: dict[str, Any] = {
+                "ruleId": result.rule.id,
+                "ruleIndex": index[result.rule.id],
+                "level": _SARIF_LEVEL[result.rule.severity],
+                "message": {"text": violation.message or result.rule.description},
+                "locations": [_location(result, violation)],
+                "partialFingerprints": {"toolkitViolation/v1": violation.fingerprint},
+            }
+            extras = {k: v for k, v in violation.to_dict().items() if k in ("stored", "computed", "difference", "tolerance")}
+            if extras:
+                item["properties"] = extras
+            results.append(item)
+        if result.status in ("error", "skipped"):
+            notifications.append({
+                "level": "error",
+                "message": {"text": f"{result.rule.id} {result.status}: {result.error or result.reason}"},
+                "descriptor": {"id": result.rule.id, "index": index[result.rule.id]},
+            })
+    sarif = {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": TOOL_NAME, "version": __version__, "informationUri": TOOL_URI, "rules": rules}},
+            "automationDetails": {"id": f"integrity-check/{report.run_id}"},
+            "originalUriBaseIds": {"DATADIR": {"uri": _dir_uri(report.data_dir)}},
+            "invocations": [{
+                "executionSuccessful": not any(r.status in ("error", "skipped") for r in report.results),
+                "exitCode": report.exit_code,
+                "toolExecutionNotifications": notifications,
+            }],
+            "results": results,
+            "properties": {"failOn": report.fail_on.name,
+                           "counts": {r.rule.id: r.count for r in report.results},
+                           "baselined": {r.rule.id: r.baselined for r in report.results if r.baselined}},
+        }],
+    }
+    return json.dumps(sarif, indent=2, default=str)
+
+
+def _dir_uri(path: str) -> str:
+    from pathlib import Path
+
+    return Path(path).resolve().as_uri() + "/"
+
+
+def render_markdown(report: CheckReport) -> str:
+    from tabulate import tabulate
+
+    verdict = "❌ failed" if report.blocking else "✅ passed"
+    lines = [f"## Integrity check {verdict}", "",
+             f"`{report.run_id}` · fail-on **{report.fail_on.name}** · {report.violations} violation(s) · {report.seconds:.2f} s", ""]
+    lines.append(tabulate([[_outcome(r, report), f"`{r.rule.id}`", r.rule.severity.name, r.count, r.baselined or "",
+                            _detail(r).replace("|", "\\|")] for r in report.results],
+                          headers=["", "rule", "severity", "count", "baselined", "description"], tablefmt="github",
+                          disable_numparse=True))
+    for result in report.results:
+        if result.samples:
+            lines += ["", f"<details><summary><code>{result.rule.id}</code>: {result.count} violation(s)</summary>", ""]
+            lines.append(tabulate([[_key(v), _fmt(v.stored), _fmt(v.computed), _fmt(v.difference), v.message.replace("|", "\\|")]
+                                   for v in result.samples],
+                                  headers=["key", "stored", "computed", "difference", "message"], tablefmt="github",
+                                  disable_numparse=True))
+            lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+FORMATS: dict[str, Callable[[CheckReport], str]] = {
+    "table": render_table,
+    "json": render_json,
+    "junit": render_junit,
+    "sarif": render_sarif,
+    "markdown": render_markdown,
+}
+
+
+def render(report: CheckReport, fmt: str) -> str:
+    return FORMATS[fmt](report)

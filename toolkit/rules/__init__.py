@@ -1,0 +1,12 @@
+"""Integrity rules: the model, the registry, the runner, baselines and run history."""
+from __future__ import annotations
+
+from .model import CheckContext, Rule, Scan, Severity, Violation, fingerprint, rule
+from .registry import ENTRY_POINT_GROUP, Registry, load_registry
+from .runner import CheckReport, RuleResult, execute_rules, run_checks
+
+__all__ = [
+    "CheckContext", "Rule", "Scan", "Severity", "Violation", "fingerprint", "rule",
+    "ENTRY_POINT_GROUP", "Registry", "load_registry",
+    "CheckReport", "RuleResult", "execute_rules", "run_checks",
+]

@@ -1,0 +1,267 @@
+"""Running rules: attach every database read-only, check the files, run each rule or shared scan
+once, count exactly, keep bounded samples, apply a baseline, and produce one result model.
+
+A rule that raises is reported as an error; a rule whose file fails ``quick_check`` (physical damage)
+or lacks the tables it reads is reported as skipped with the reason. Both count as CRITICAL for the
+gate: the gate never passes on something it could not check.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..config import DATABASES, Settings
+from ..db import check_file, open_databases, quick_check
+from ..errors import NotInitialisedError
+from .model import CheckContext, Rule, Scan, Severity, Violation
+from .registry import Registry, load_registry
+
+__all__ = ["RuleResult", "CheckReport", "run_checks", "physical_problems", "new_run_id"]
+
+_CONSTRAINT_LINES = ("CHECK constraint failed", "NULL value in", "NOT NULL constraint failed")
+
+
+def physical_problems(lines: Iterable[str]) -> list[str]:
+    """quick_check lines that mean physical damage (not a row that violates a constraint)."""
+    return [line for line in lines if not line.startswith(_CONSTRAINT_LINES)]
+
+
+def new_run_id(prefix: str) -> str:
+    return f"{prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
+
+
+@dataclass
+class RuleResult:
+    rule: Rule
+    status: str = "passed"            # passed | failed | error | skipped
+    count: int = 0                    # violations not accepted by the baseline
+    baselined: int = 0                # violations the baseline accepts
+    samples: list[Violation] = field(default_factory=list)
+    error: str | None = None
+    reason: str | None = None         # why it was skipped
+    seconds: float = 0.0
+    fingerprints: list[str] | None = None
+
+    @property
+    def blocking_severity(self) -> Severity:
+        """Errors and skips weigh as CRITICAL for the gate."""
+        return Severity.CRITICAL if self.status in ("error", "skipped") else self.rule.severity
+
+    def blocks(self, fail_on: Severity) -> bool:
+        return self.status in ("error", "skipped") or (self.status == "failed" and self.rule.severity >= fail_on)
+
+
+@dataclass
+class CheckReport:
+    run_id: str
+    started_at: float
+    data_dir: str
+    fail_on: Severity
+    sample: int
+    results: list[RuleResult] = field(default_factory=list)
+    seconds: float = 0.0
+    baseline: str | None = None
+
+    @property
+    def blocking(self) -> list[RuleResult]:
+        return [r for r in self.results if r.blocks(self.fail_on)]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.blocking else 0
+
+    @property
+    def violations(self) -> int:
+        return sum(r.count for r in self.results)
+
+    def result(self, rule_id: str) -> RuleResult:
+        for item in self.results:
+            if item.rule.id == rule_id:
+                return item
+        raise KeyError(rule_id)
+
+
+class _Collector:
+    __slots__ = ("result", "sample", "accepted", "collect")
+
+    def __init__(self, result: RuleResult, sample: int, accepted: frozenset[str] | None, collect: bool) -> None:
+        self.result = result
+        self.sample = sample
+        self.accepted = accepted
+        self.collect = collect
+        if collect:
+            result.fingerprints = []
+
+    def add(self, violation: Violation) -> None:
+        result = self.result
+        if self.accepted is not None or self.collect:
+            fp = violation.fingerprint
+            if self.collect:
+                result.fingerprints.append(fp)  # type: ignore[union-attr]
+            if self.accepted is not None and fp in self.accepted:
+                result.baselined += 1
+                return
+        result.count += 1
+        if len(result.samples) < self.sample:
+            result.samples.append(violation)
+
+
+def _sql_violations(ctx: CheckContext, rule: Rule) -> Iterator[Violation]:
+    assert rule.sql is not None
+    params = {"tolerance": ctx.tolerance(rule)} if ":tolerance" in rule.sql else {}
+    cursor = ctx.conn.execute(rule.sql, params)
+    names = [d[0] for d in cursor.description]
+    try:
+        keys = [(names.index(k), k) for k in rule.key]
+    except ValueError:
+        raise ValueError(f"the rule's SQL must return its key columns {list(rule.key)}, got {names}") from None
+    extra = {n: names.index(n) for n in ("message", "stored", "computed", "difference", "tolerance") if n in names}
+    m, s, c, d, t = (extra.get(n) for n in ("message", "stored", "computed", "difference", "tolerance"))
+    while True:
+        rows = cursor.fetchmany(1000)
+        if not rows:
+            return
+        for row in rows:
+            yield Violation(
+                rule.id,
+                {k: row[i] for i, k in keys if row[i] is not None},
+                message=(row[m] or "") if m is not None else "",
+                stored=row[s] if s is not None else None,
+                computed=row[c] if c is not None else None,
+                difference=row[d] if d is not None else None,
+                tolerance=row[t] if t is not None else None,
+            )
+
+
+def _file_state(ctx: CheckContext, databases: Iterable[str]) -> dict[str, str]:
+    """Why a database cannot be checked (physical damage), by name; quick_check lines are cached."""
+    problems: dict[str, str] = {}
+    cache = ctx.cache.setdefault("quick_check", {})
+    for name in databases:
+        if name not in cache:
+            ctx.say(f"quick_check {name}")
+            try:
+                cache[name] = quick_check(ctx.conn, name)
+            except sqlite3.DatabaseError as exc:
+                cache[name] = [f"cannot be read: {exc}"]
+        physical = physical_problems(cache[name])
+        if physical:
+            problems[name] = f"{name}.db fails quick_check ({physical[0]})"
+    return problems
+
+
+def _missing_tables(ctx: CheckContext, rule: Rule) -> str | None:
+    tables = ctx.cache.setdefault("tables", {})
+    for item in rule.reads:
+        database, _, table = item.partition(".")
+        if database not in tables:
+            tables[database] = {r[0] for r in ctx.conn.execute(
+                f'SELECT name FROM "{database}".sqlite_master WHERE type IN (\'table\', \'view\')')}
+        if table not in tables[database]:
+            return f"{database}.db has no {table} table (not migrated? run `migrate upgrade`)"
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def execute_rules(
+    ctx: CheckContext,
+    rules: Sequence[Rule],
+    *,
+    sample: int = 20,
+    accepted: frozenset[str] | None = None,
+    collect: bool = False,
+) -> list[RuleResult]:
+    """Run rules on an open context (also used by repair verification and the adversarial harness)."""
+    results = {r.id: RuleResult(r) for r in rules}
+    collectors = {r.id: _Collector(results[r.id], sample, accepted, collect) for r in rules}
+    damaged = _file_state(ctx, sorted({d for r in rules for d in r.databases}))
+    runnable: list[Rule] = []
+    for item in rules:
+        reason = None
+        if item.sound_files_only:
+            reason = next((damaged[d] for d in item.databases if d in damaged), None) or _missing_tables(ctx, item)
+        if reason is not None:
+            results[item.id].status, results[item.id].reason = "skipped", reason
+        else:
+            runnable.append(item)
+    scans: dict[str, tuple[Scan, dict[str, Rule]]] = {}
+    order: list[tuple[str, object]] = []
+    for item in runnable:
+        if item.scan is not None:
+            if item.scan.name not in scans:
+                scans[item.scan.name] = (item.scan, {})
+                order.append(("scan", item.scan.name))
+            scans[item.scan.name][1][item.id] = item
+        else:
+            order.append(("rule", item))
+    for position, (kind, what) in enumerate(order, 1):
+        started = time.perf_counter()
+        if kind == "scan":
+            scan, members = scans[what]  # type: ignore[index]
+            ctx.say(f"[{position}/{len(order)}] {scan.name} scan ({', '.join(members)})")
+            try:
+                for violation in scan.run(ctx, members):
+                    collectors[violation.rule_id].add(violation)
+            except Exception as exc:
+                for rule_id in members:
+                    results[rule_id].status, results[rule_id].error = "error", _describe(exc)
+            spent = time.perf_counter() - started
+            for rule_id in members:
+                results[rule_id].seconds = spent
+        else:
+            item = what  # type: ignore[assignment]
+            ctx.say(f"[{position}/{len(order)}] {item.id}")
+            try:
+                produced = _sql_violations(ctx, item) if item.sql is not None else item.check(ctx, item)  # type: ignore[misc]
+                for violation in produced:
+                    collectors[item.id].add(violation)
+            except Exception as exc:
+                results[item.id].status, results[item.id].error = "error", _describe(exc)
+            results[item.id].seconds = time.perf_counter() - started
+    for result in results.values():
+        if result.status == "passed" and result.count:
+            result.status = "failed"
+    return [results[r.id] for r in rules]
+
+
+def run_checks(
+    settings: Settings,
+    *,
+    rule_ids: Sequence[str] | None = None,
+    registry: Registry | None = None,
+    fail_on: Severity = Severity.HIGH,
+    sample: int = 20,
+    accepted: frozenset[str] | None = None,
+    baseline_name: str | None = None,
+    collect: bool = False,
+    progress: Callable[[str], None] | None = None,
+    record: bool = True,
+) -> CheckReport:
+    """The gate: run the selected rules (all by default) over the data directory's databases."""
+    registry = registry if registry is not None else load_registry(settings)
+    rules = registry.select(rule_ids)
+    paths = {name: settings.path(name) for name in DATABASES}
+    if not settings.data_dir.is_dir():
+        raise NotInitialisedError(f"{settings.data_dir}: data directory does not exist", hint="run `migrate upgrade` first")
+    for path in paths.values():
+        check_file(path, must_exist=True)
+    report = CheckReport(new_run_id("chk"), time.time(), str(settings.data_dir), fail_on, sample, baseline=baseline_name)
+    clock = time.perf_counter()
+    conn = open_databases(paths, readonly=True, busy_timeout=settings.busy_timeout, cache_kib=65_536)
+    try:
+        ctx = CheckContext(conn, settings, progress=progress)
+        report.results = execute_rules(ctx, rules, sample=sample, accepted=accepted, collect=collect)
+    finally:
+        conn.close()
+    report.seconds = time.perf_counter() - clock
+    if record:
+        from .history import record_check_run
+
+        record_check_run(settings, report)
+    return report
