@@ -5,6 +5,7 @@ import math
 from collections.abc import Iterator
 
 from toolkit.accounting import cash_balance, money_differs
+from toolkit.repair.model import update_row
 from toolkit.rules.model import CheckContext, Rule, Violation, rule
 
 __all__ = ["RULES", "ledger_cash"]
@@ -27,7 +28,8 @@ def ledger_cash(ctx: CheckContext, starting_capital: float) -> float:
 
 
 @rule("bankroll_mismatch", severity="CRITICAL", databases=["trading"],
-      reads=["trading.account", "trading.trades", "trading.account_adjustments"], key=["account_id"])
+      reads=["trading.account", "trading.trades", "trading.account_adjustments"], key=["account_id"],
+      repair=update_row("trading", "account", ["account_id"], why_not="no account row to correct"))
 def bankroll_mismatch(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
     """account.cash_balance differs from the cash formula (starting capital + adjustments - buys + sells - commissions)."""
     tolerance = ctx.tolerance(rule_)
@@ -45,7 +47,8 @@ def bankroll_mismatch(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
             difference = stored - computed if isinstance(stored, (int, float)) else None
             yield Violation(rule_.id, {"account_id": account_id},
                             f"cash_balance {stored!r} != ledger cash {computed:.2f}",
-                            stored=stored, computed=computed, difference=difference, tolerance=tolerance)
+                            stored=stored, computed=computed, difference=difference, tolerance=tolerance,
+                            fix={"cash_balance": computed}, was={"cash_balance": stored})
 
 
 RULES = (bankroll_mismatch,)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from toolkit.accounting import Close, Lot, TickerBook, round_quantity
 from toolkit.domain import is_plausible_ticker
+from toolkit.repair.model import Change, Untouched, changed_columns, update_row
 from toolkit.rules.model import CheckContext, Rule, Scan, Violation, rule
 
 __all__ = ["LEDGER_SCAN", "RULES"]
@@ -70,6 +71,7 @@ def _scan(ctx: CheckContext, rules: Mapping[str, Rule]) -> Iterator[Violation]:
     pnl_rule = rules.get("realized_pnl_mismatch")
     status_rule = rules.get("lot_status_inconsistent")
     position_rule = rules.get("position_ledger_mismatch")
+    fixes = ctx.want_fixes
     pnl_tol = ctx.tolerance(pnl_rule) if pnl_rule else 0.0
     status_tol = ctx.tolerance(status_rule) if status_rule else 0.0
     position_tol = ctx.tolerance(position_rule) if position_rule else 0.0
@@ -77,6 +79,7 @@ def _scan(ctx: CheckContext, rules: Mapping[str, Rule]) -> Iterator[Violation]:
 
     next_match = next(match_rows, None)
     next_position = next(position_rows, None)
+    last: tuple | None = None           # (price, executed_at) of the current ticker's last valid trade
     book: TickerBook | None = None
     pending: dict[int, tuple] = {}       # open lot -> its stored (status, exit_price, exit_time)
     buys_seen: set[int] = set()
@@ -99,7 +102,9 @@ def _scan(ctx: CheckContext, rules: Mapping[str, Rule]) -> Iterator[Violation]:
             yield Violation("lot_status_inconsistent", {"trade_id": lot.trade_id}, "; ".join(problems),
                             stored=exit_price, computed=lot.exit_price,
                             difference=(exit_price - lot.exit_price) if isinstance(exit_price, float) else None,  # type: ignore[operator]
-                            tolerance=status_tol)
+                            tolerance=status_tol, scope=book.ticker if book else None,
+                            fix={"status": "CLOSED", "exit_price": lot.exit_price, "exit_time": lot.exit_time} if fixes else None,
+                            was={"status": status, "exit_price": exit_price, "exit_time": exit_time} if fixes else None)
 
     def finish(ticker: str) -> Iterator[Violation]:
         """The ticker's last trade was seen: check its still-open lots and its position."""
@@ -110,14 +115,16 @@ def _scan(ctx: CheckContext, rules: Mapping[str, Rule]) -> Iterator[Violation]:
                 if stored is not None and stored[0] != "OPEN":
                     yield Violation("lot_status_inconsistent", {"trade_id": lot.trade_id},
                                     f"{stored[0]} but {lot.remaining:g} of {lot.quantity:g} is still open",
-                                    stored=stored[0], computed="OPEN")
+                                    stored=stored[0], computed="OPEN", scope=ticker,
+                                    fix={"status": "OPEN", "exit_price": None, "exit_time": None} if fixes else None,
+                                    was={"status": stored[0], "exit_price": stored[1], "exit_time": stored[2]} if fixes else None)
         if position_rule is not None:
             yield from orphans_before(ticker)
             rows = []
             while next_position is not None and next_position[0] == ticker:
                 rows.append(next_position)
                 next_position = next(position_rows, None)
-            yield from compare_position(ticker, book.position() if book is not None else None, rows)
+            yield from compare_position(ticker, book.position() if book is not None else None, rows, last)
 
     def orphans_before(ticker: str | None) -> Iterator[Violation]:
         """positions rows of tickers the ledger has no trades for (sorted before ``ticker``)."""
@@ -128,9 +135,9 @@ def _scan(ctx: CheckContext, rules: Mapping[str, Rule]) -> Iterator[Violation]:
             while next_position is not None and next_position[0] == orphan:
                 rows.append(next_position)
                 next_position = next(position_rows, None)
-            yield from compare_position(orphan, None, rows)
+            yield from compare_position(orphan, None, rows, None)
 
-    def compare_position(ticker: str, computed, rows: list[tuple]) -> Iterator[Violation]:
+    def compare_position(ticker: str, computed, rows: list[tuple], last_trade: tuple | None) -> Iterator[Violation]:
         long_rows = [r for r in rows if r[1] == "long"]
         problems = []
         if any(r[1] != "long" for r in rows):
@@ -153,7 +160,8 @@ def _scan(ctx: CheckContext, rules: Mapping[str, Rule]) -> Iterator[Violation]:
             stored = long_rows[0][2] if long_rows else None
             yield Violation("position_ledger_mismatch", {"ticker": ticker}, "; ".join(problems),
                             stored=stored, computed=computed.quantity if computed else None,
-                            tolerance=position_tol if computed and long_rows else None)
+                            tolerance=position_tol if computed and long_rows else None, scope=ticker,
+                            fix={"position": computed, "rows": rows, "last": last_trade} if fixes else None)
 
     for ticker, trade_id, action, quantity, price, executed_at, entry, pnl, status, exit_price, exit_time in trades:
         if book is None or ticker != book.ticker:
@@ -162,6 +170,7 @@ def _scan(ctx: CheckContext, rules: Mapping[str, Rule]) -> Iterator[Violation]:
             book = TickerBook(ticker)
             pending = {}
             buys_seen = set()
+            last = None
         done += 1
         if done % 200_000 == 0:
             ctx.say(f"ledger scan: {done:,} trades")
@@ -169,6 +178,8 @@ def _scan(ctx: CheckContext, rules: Mapping[str, Rule]) -> Iterator[Violation]:
             valid = 0.0 < quantity < _INF and 0.0 < price < _INF and type(executed_at) is int
         except TypeError:
             valid = False
+        if valid:
+            last = (price, executed_at)
         if action == "BUY":
             if not valid:
                 continue
@@ -186,7 +197,7 @@ def _scan(ctx: CheckContext, rules: Mapping[str, Rule]) -> Iterator[Violation]:
         if orphaned and close.shortfall:
             yield Violation("orphaned_sells", {"trade_id": trade_id},
                             f"sells {quantity:g} {ticker} but only {close.consumed:g} was held (shortfall {close.shortfall:g})",
-                            stored=quantity, computed=close.consumed, difference=close.shortfall)
+                            stored=quantity, computed=close.consumed, difference=close.shortfall, scope=ticker)
         computed = close.matches
         if unlinked:
             problems = []
@@ -205,14 +216,18 @@ def _scan(ctx: CheckContext, rules: Mapping[str, Rule]) -> Iterator[Violation]:
                 problems.append("links to lots although nothing was held")
             if problems:
                 yield Violation("unlinked_closes", {"trade_id": trade_id}, "; ".join(problems),
-                                stored=entry, computed=close.entry_trade_id)
+                                stored=entry, computed=close.entry_trade_id, scope=ticker,
+                                fix={"entry_trade_id": close.entry_trade_id, "matches": computed, "stored": stored} if fixes else None,
+                                was={"entry_trade_id": entry} if fixes else None)
         if pnl_rule is not None:
             if _differs(pnl, close.realized_pnl, pnl_tol):
                 yield Violation("realized_pnl_mismatch", {"trade_id": trade_id},
                                 f"close realized_pnl {pnl!r} != FIFO {close.realized_pnl:.6f}",
                                 stored=pnl, computed=close.realized_pnl,
                                 difference=(pnl - close.realized_pnl) if isinstance(pnl, float) else None,
-                                tolerance=pnl_tol)
+                                tolerance=pnl_tol, scope=ticker,
+                                fix={"realized_pnl": close.realized_pnl} if fixes else None,
+                                was={"realized_pnl": pnl} if fixes else None)
             if stored:
                 by_entry = {m.entry_trade_id: m for m in computed}
                 for _, entry_id, _, entry_price, match_exit, match_pnl in stored:
@@ -226,12 +241,18 @@ def _scan(ctx: CheckContext, rules: Mapping[str, Rule]) -> Iterator[Violation]:
                                         f"(entry {entry_price!r} vs {expected.entry_price!r}, exit {match_exit!r} vs {expected.exit_price!r})",
                                         stored=match_pnl, computed=expected.realized_pnl,
                                         difference=(match_pnl - expected.realized_pnl) if isinstance(match_pnl, float) else None,
-                                        tolerance=pnl_tol)
+                                        tolerance=pnl_tol, scope=ticker,
+                                        fix={"realized_pnl": expected.realized_pnl, "entry_price": expected.entry_price,
+                                             "exit_price": expected.exit_price} if fixes else None,
+                                        was={"realized_pnl": match_pnl, "entry_price": entry_price,
+                                             "exit_price": match_exit} if fixes else None)
         if status_rule is not None:
             if status != "CLOSED" or _differs(exit_price, price, status_tol) or exit_time != executed_at:
                 yield Violation("lot_status_inconsistent", {"trade_id": trade_id},
                                 f"a close must be CLOSED at its own price and time (stored {status}, {exit_price!r}, {exit_time!r})",
-                                stored=exit_price, computed=price, tolerance=status_tol)
+                                stored=exit_price, computed=price, tolerance=status_tol, scope=ticker,
+                                fix={"status": "CLOSED", "exit_price": price, "exit_time": executed_at} if fixes else None,
+                                was={"status": status, "exit_price": exit_price, "exit_time": exit_time} if fixes else None)
             for lot in close.closed_lots:
                 stored_lot = pending.pop(lot.trade_id, None)
                 if stored_lot is not None:
@@ -262,36 +283,85 @@ def _same_matches(stored: list[tuple], computed: tuple) -> bool:
 LEDGER_SCAN = Scan("ledger", _scan)
 
 
+# -- repairs: the new values come from the accounting core, through the scan's fixes ----------------
+
+def _repair_links(ctx: CheckContext, rule_: Rule, violations: Iterable[Violation]) -> Iterator[Change | Untouched]:
+    """Re-match FIFO: set entry_trade_id to the first lot consumed; insert missing lot_matches and
+    correct mismatched ones. Stored matches FIFO did not make are never deleted (ledger rows)."""
+    for v in violations:
+        if v.fix is None:
+            yield Untouched(rule_.id, v.key, v.message)
+            continue
+        close_id = v.key["trade_id"]
+        computed = {m.entry_trade_id: m for m in v.fix["matches"]}
+        stored = {row[1]: row for row in v.fix["stored"]}
+        surplus = sorted(set(stored) - set(computed))
+        if surplus:
+            yield Untouched(rule_.id, v.key, f"lot_matches rows for lots FIFO did not consume (entry {surplus[:3]}): "
+                                             "ledger rows are never deleted by a repair; correct them by hand")
+            continue
+        if v.was["entry_trade_id"] != v.fix["entry_trade_id"]:
+            yield Change(rule_.id, "trading", "trades", "update", {"trade_id": close_id},
+                         {"entry_trade_id": v.was["entry_trade_id"]}, {"entry_trade_id": v.fix["entry_trade_id"]},
+                         v.key, v.scope)
+        for match in v.fix["matches"]:
+            row = stored.get(match.entry_trade_id)
+            key = {"close_trade_id": close_id, "entry_trade_id": match.entry_trade_id}
+            if row is None:
+                yield Change(rule_.id, "trading", "lot_matches", "insert", key, None,
+                             {**key, "quantity": match.quantity, "entry_price": match.entry_price, "exit_price": match.exit_price,
+                              "realized_pnl": match.realized_pnl, "matched_at": match.matched_at}, v.key, v.scope)
+            elif round_quantity(row[2]) != round_quantity(match.quantity):
+                yield Change(rule_.id, "trading", "lot_matches", "update", key,
+                             {"quantity": row[2], "entry_price": row[3], "exit_price": row[4], "realized_pnl": row[5]},
+                             {"quantity": match.quantity, "entry_price": match.entry_price, "exit_price": match.exit_price,
+                              "realized_pnl": match.realized_pnl}, v.key, v.scope)
+
+
+def _repair_pnl(ctx: CheckContext, rule_: Rule, violations: Iterable[Violation]) -> Iterator[Change | Untouched]:
+    """Recompute: a close's realized_pnl, or a lot match's P&L and prices, from FIFO."""
+    for v in violations:
+        if v.fix is None:
+            yield Untouched(rule_.id, v.key, v.message)
+            continue
+        before, after = changed_columns(v.was, v.fix)
+        table = "trades" if "trade_id" in v.key else "lot_matches"
+        yield Change(rule_.id, "trading", table, "update", dict(v.key), before, after, v.key, v.scope)
+
+
 @rule("unlinked_closes", severity="MEDIUM", databases=["trading"], reads=["trading.trades", "trading.lot_matches"],
-      key=["trade_id"], scan=LEDGER_SCAN)
+      key=["trade_id"], scan=LEDGER_SCAN, repair=_repair_links)
 def unlinked_closes() -> None:
     """Closing trades without a valid lot link: no entry_trade_id, one that is not the first lot FIFO consumed, or lot_matches missing or different from FIFO."""
 
 
-@rule("orphaned_sells", severity="HIGH", databases=["trading"], reads=["trading.trades"], key=["trade_id"], scan=LEDGER_SCAN)
+@rule("orphaned_sells", severity="HIGH", databases=["trading"], reads=["trading.trades"], key=["trade_id"], scan=LEDGER_SCAN,
+      remedy="decide what happened: record the missing BUY, or reverse the SELL with a labelled account adjustment")
 def orphaned_sells() -> None:
     """SELLs that sell more than the open lots held at that moment (the shortfall is shown)."""
 
 
 @rule("realized_pnl_mismatch", severity="HIGH", databases=["trading"], reads=["trading.trades", "trading.lot_matches"],
-      key=["trade_id"], scan=LEDGER_SCAN)
+      key=["trade_id"], scan=LEDGER_SCAN, repair=_repair_pnl)
 def realized_pnl_mismatch() -> None:
     """A close's realized_pnl, or a lot match's P&L or prices, differ from the FIFO value (e.g. the sign bug of seed 000)."""
 
 
 @rule("lot_status_inconsistent", severity="HIGH", databases=["trading"], reads=["trading.trades"], key=["trade_id"],
-      scan=LEDGER_SCAN)
+      scan=LEDGER_SCAN, repair=update_row("trading", "trades", ["trade_id"]))
 def lot_status_inconsistent() -> None:
     """Lots fully consumed but OPEN, OPEN-marked CLOSED with quantity left, CLOSED without the right exit price/time; closes not CLOSED."""
 
 
-@rule("opening_leg_with_pnl", severity="CRITICAL", databases=["trading"], reads=["trading.trades"], key=["trade_id"])
+@rule("opening_leg_with_pnl", severity="CRITICAL", databases=["trading"], reads=["trading.trades"], key=["trade_id"],
+      repair=update_row("trading", "trades", ["trade_id"]))
 def opening_leg_with_pnl():
     """BUY rows (opening legs) that carry realized P&L."""
     # Served by the partial index idx_trades_opening_leg_pnl: empty on a sound ledger, so instant.
     return """
         SELECT trade_id, realized_pnl AS stored, NULL AS computed,
-               'opening leg ' || ticker || ' carries realized_pnl ' || realized_pnl AS message
+               'opening leg ' || ticker || ' carries realized_pnl ' || realized_pnl AS message,
+               NULL AS fix_realized_pnl, realized_pnl AS was_realized_pnl
         FROM trading.trades
         WHERE action = 'BUY' AND realized_pnl IS NOT NULL
         ORDER BY trade_id
@@ -333,7 +403,7 @@ def _trade_row_invalid(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
 
 
 trade_row_invalid = rule("trade_row_invalid", severity="HIGH", databases=["trading"], reads=["trading.trades"],
-                         key=["trade_id"])(_trade_row_invalid)
+                         key=["trade_id"], remedy="find the session that wrote the row; set its run id or correct the executed value")(_trade_row_invalid)
 
 RULES = (unlinked_closes, orphaned_sells, realized_pnl_mismatch, lot_status_inconsistent, opening_leg_with_pnl,
          trade_row_invalid)

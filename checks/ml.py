@@ -5,6 +5,7 @@ import json
 from collections.abc import Iterator
 
 from toolkit.domain import average_reward, state_key_problem
+from toolkit.repair.model import update_row
 from toolkit.rules.model import CheckContext, Rule, Violation, rule
 
 __all__ = ["RULES", "rl_average_reward_problem"]
@@ -12,7 +13,8 @@ __all__ = ["RULES", "rl_average_reward_problem"]
 
 @rule("ml_orphan_rows", severity="MEDIUM", databases=["ml_training"],
       reads=["ml_training.training_runs", "ml_training.agent_performance", "ml_training.hyperparameters",
-             "ml_training.training_episodes", "ml_training.ensemble_weights"], key=["table", "id"])
+             "ml_training.training_episodes", "ml_training.ensemble_weights"], key=["table", "id"],
+      remedy="restore the missing training run, or archive the rows that belong to it")
 def ml_orphan_rows():
     """Agent performance, hyperparameter, episode and ensemble-weight rows of unknown training runs."""
     return """
@@ -35,7 +37,7 @@ def ml_orphan_rows():
 
 
 @rule("ensemble_weights_sum", severity="MEDIUM", databases=["ml_training"], reads=["ml_training.ensemble_weights"],
-      key=["ensemble_id"], tolerance=1e-4)
+      key=["ensemble_id"], tolerance=1e-4, remedy="re-weight the ensemble (the toolkit cannot know which weight is wrong)")
 def ensemble_weights_sum():
     """Ensembles whose active weights do not sum to 1."""
     return """
@@ -73,7 +75,9 @@ def rl_average_reward_problem(hyperparameters: object, tolerance: float) -> tupl
 
 
 @rule("rl_state_missing_avg_reward", severity="LOW", databases=["ml_training"], reads=["ml_training.rl_model_states"],
-      key=["model_id"], tolerance=1e-4)
+      key=["model_id"], tolerance=1e-4,
+      repair=update_row("ml_training", "rl_model_states", ["model_id"],
+                        why_not="total_episodes/total_rewards are missing, so avg_reward cannot be computed"))
 def rl_state_missing_avg_reward(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
     """RL model states whose hyperparameters lack a correct avg_reward (seed 000, finding 6)."""
     tolerance = ctx.tolerance(rule_)
@@ -82,11 +86,17 @@ def rl_state_missing_avg_reward(ctx: CheckContext, rule_: Rule) -> Iterator[Viol
         problem = rl_average_reward_problem(hyperparameters, tolerance)
         if problem is not None:
             message, expected = problem
-            yield Violation(rule_.id, {"model_id": model_id}, message, computed=expected, tolerance=tolerance)
+            fix = was = None
+            if expected is not None:
+                data = json.loads(hyperparameters)
+                data["avg_reward"] = expected
+                fix, was = {"hyperparameters": json.dumps(data)}, {"hyperparameters": hyperparameters}
+            yield Violation(rule_.id, {"model_id": model_id}, message, computed=expected, tolerance=tolerance,
+                            fix=fix, was=was)
 
 
 @rule("qtable_unsafe_keys", severity="CRITICAL", databases=["ml_training"], reads=["ml_training.rl_model_states"],
-      key=["model_id", "state"])
+      key=["model_id", "state"], remedy="never eval the key; remove the entry or retrain the model state")
 def qtable_unsafe_keys(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
     """Q-table keys that are not plain state-tuple literals (parsed safely, never evaluated)."""
     cursor = ctx.conn.execute("SELECT model_id, q_table FROM ml_training.rl_model_states ORDER BY model_id")

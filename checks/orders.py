@@ -2,6 +2,7 @@
 order's fill aggregates)."""
 from __future__ import annotations
 
+from toolkit.repair.model import update_row
 from toolkit.rules.model import rule
 
 __all__ = ["RULES", "EXPECTED_STATUS"]
@@ -16,7 +17,9 @@ EXPECTED_STATUS = """CASE
 
 
 @rule("order_fill_mismatch", severity="MEDIUM", databases=["trading"],
-      reads=["trading.orders", "trading.fills", "trading.v_order_fill_stats"], key=["order_id", "fill_id"])
+      reads=["trading.orders", "trading.fills", "trading.v_order_fill_stats"], key=["order_id", "fill_id"],
+      repair=update_row("trading", "orders", ["order_id"],
+                        why_not="a fill of an unknown order, or fills beyond the order quantity, need a hand fix"))
 def order_fill_mismatch():
     """Orders whose filled quantity, average price or status disagree with their fills; fills of unknown orders."""
     return f"""
@@ -32,7 +35,11 @@ def order_fill_mismatch():
                  CASE WHEN round(fills_quantity - quantity, 9) > 0
                       THEN 'fills exceed the order quantity ' || quantity || '; ' ELSE '' END ||
                  CASE WHEN status <> {EXPECTED_STATUS}
-                      THEN 'status ' || status || ' but fills say ' || {EXPECTED_STATUS} ELSE '' END, '; ') AS message
+                      THEN 'status ' || status || ' but fills say ' || {EXPECTED_STATUS} ELSE '' END, '; ') AS message,
+               round(fills_quantity - quantity, 9) <= 0 AS fixable,
+               fills_quantity AS fix_filled_quantity, fills_avg_price AS fix_filled_avg_price,
+               {EXPECTED_STATUS} AS fix_status,
+               filled_quantity AS was_filled_quantity, filled_avg_price AS was_filled_avg_price, status AS was_status
         FROM trading.v_order_fill_stats
         WHERE round(filled_quantity - fills_quantity, 9) <> 0
            OR (filled_avg_price IS NULL) <> (fills_avg_price IS NULL)
@@ -40,7 +47,8 @@ def order_fill_mismatch():
            OR round(fills_quantity - quantity, 9) > 0
            OR status <> {EXPECTED_STATUS}
         UNION ALL
-        SELECT NULL, f.fill_id, NULL, NULL, NULL, NULL, 'fill of unknown order ' || quote(f.order_id)
+        SELECT NULL, f.fill_id, NULL, NULL, NULL, NULL, 'fill of unknown order ' || quote(f.order_id),
+               0, NULL, NULL, NULL, NULL, NULL, NULL
         FROM trading.fills AS f
         WHERE NOT EXISTS (SELECT 1 FROM trading.orders AS o WHERE o.order_id = f.order_id)
     """

@@ -10,7 +10,8 @@ from toolkit.rules.model import CheckContext, Rule, Violation, rule
 __all__ = ["RULES"]
 
 
-@rule("sqlite_quick_check", severity="CRITICAL", databases=list(DATABASES), key=["database"], sound_files_only=False)
+@rule("sqlite_quick_check", severity="CRITICAL", databases=list(DATABASES), key=["database"], sound_files_only=False,
+      remedy="restore the file from a backup (`migrate restore`)")
 def sqlite_quick_check(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
     """Physical corruption (and rows that break CHECK/NOT NULL constraints), per file: PRAGMA quick_check."""
     cache = ctx.cache.setdefault("quick_check", {})
@@ -23,7 +24,8 @@ def sqlite_quick_check(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
             yield Violation(rule_.id, {"database": database}, f"{lines[0]}{more}")
 
 
-@rule("foreign_key_violations", severity="HIGH", databases=list(DATABASES), key=["database", "table", "rowid", "parent"])
+@rule("foreign_key_violations", severity="HIGH", databases=list(DATABASES), key=["database", "table", "rowid", "parent"],
+      remedy="restore the missing parent row or correct the reference")
 def foreign_key_violations(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
     """Rows whose foreign key points at a missing row: PRAGMA foreign_key_check, per file."""
     for database in DATABASES:
@@ -33,7 +35,8 @@ def foreign_key_violations(ctx: CheckContext, rule_: Rule) -> Iterator[Violation
                             f"{table} row {rowid} references a missing {parent} row")
 
 
-@rule("schema_drift", severity="HIGH", databases=list(DATABASES), key=["database", "object", "migration"])
+@rule("schema_drift", severity="HIGH", databases=list(DATABASES), key=["database", "object", "migration"],
+      remedy="run `migrate upgrade`, `migrate verify` and `migrate accept` as the findings say")
 def schema_drift(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
     """The live schema or migration checksums differ from the migrations (pending, edited, missing or extra objects)."""
     from toolkit.migrate.plan import drifted, unknown_applied

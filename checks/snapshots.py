@@ -7,7 +7,7 @@ __all__ = ["RULES"]
 
 
 @rule("snapshot_equity_mismatch", severity="MEDIUM", databases=["trading"], reads=["trading.portfolio_snapshots"],
-      key=["snapshot_id"])
+      key=["snapshot_id"], remedy="re-take the snapshot from the ledger; snapshots are history, so the toolkit does not rewrite them")
 def snapshot_equity_mismatch():
     """Snapshots whose total equity is not cash + long market value - short market value."""
     return """

@@ -487,6 +487,96 @@ def integrity_history(ctx: click.Context, run_id: str | None, limit: int, as_jso
     return EXIT_OK
 
 
+@integrity_group.group("repair", invoke_without_command=True)
+@click.option("--rule", "rule_ids", multiple=True, metavar="ID", help="Only this rule's repair (repeatable); default: all.")
+@click.option("--apply", "do_apply", is_flag=True, help="Apply the repairs (default: only print the plan).")
+@click.option("--yes", is_flag=True, help="Apply without asking (required without a terminal).")
+@click.option("--sample", type=click.IntRange(min=0), default=20, show_default=True, help="Changes shown per rule.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True, help="Output format.")
+@click.pass_context
+def integrity_repair(ctx: click.Context, rule_ids: tuple[str, ...], do_apply: bool, yes: bool, sample: int, fmt: str) -> int:
+    """Plan (default) or apply the repairs of the rules that have one.
+
+    --apply runs each rule's repair in a savepoint, re-checks it and every rule reading the
+    same tables, and keeps it only if it holds; every changed row is logged for `repair undo`.
+    Exits 1 if a repair had to be rolled back.
+    """
+    if ctx.invoked_subcommand is not None:
+        return EXIT_OK
+    from .report import render_plan, render_repair
+    from .repair.engine import apply_repairs, plan_repairs
+
+    settings = _settings(ctx)
+    registry = _registry(settings)
+    if not do_apply:
+        click.echo(render_plan(plan_repairs(settings, rule_ids=rule_ids or None, sample=sample, registry=registry,
+                                            progress=_progress()), fmt))
+        return EXIT_OK
+    if not yes:
+        plan = plan_repairs(settings, rule_ids=rule_ids or None, sample=sample, registry=registry, progress=_progress())
+        if not plan.total_changes:
+            click.echo(render_plan(plan, fmt))
+            return EXIT_OK
+        _echo_err(render_plan(plan))
+        _confirm(f"Apply {plan.total_changes} row change(s) to {settings.data_dir}?", yes)
+    result = apply_repairs(settings, rule_ids=rule_ids or None, sample=sample, registry=registry, progress=_progress())
+    _print_reconciled(result.reconciled)
+    for item in result.backups:
+        _echo_err(f"backup: {item.database} -> {item.path}")
+    click.echo(render_repair(result, fmt))
+    return EXIT_FINDINGS if result.rolled_back else EXIT_OK
+
+
+@integrity_repair.command("undo")
+@click.argument("run_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
+@click.pass_context
+def integrity_repair_undo(ctx: click.Context, run_id: str, yes: bool) -> int:
+    """Restore exactly the values a repair run replaced (refuses if those rows changed since)."""
+    from .repair.engine import undo_repair
+
+    settings = _settings(ctx)
+    _confirm(f"Undo repair run {run_id} in {settings.data_dir}?", yes)
+    result = undo_repair(settings, run_id, progress=_progress())
+    _print_reconciled(result.reconciled)
+    for item in result.backups:
+        _echo_err(f"backup: {item.database} -> {item.path}")
+    click.echo(f"undid {result.undone}: {result.rows} row(s) restored (undo run {result.run_id})")
+    return EXIT_OK
+
+
+@integrity_repair.command("log")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def integrity_repair_log(ctx: click.Context, limit: int, as_json: bool) -> int:
+    """List repair and undo runs recorded in migrations.db."""
+    from dataclasses import asdict
+
+    from .repair.engine import list_repairs
+
+    runs = list_repairs(_settings(ctx), limit=limit)
+    if as_json:
+        click.echo(_json([asdict(r) for r in runs]))
+    elif not runs:
+        click.echo("no repair runs recorded")
+    else:
+        click.echo(_table([[r.run_id, r.kind, _when(r.started_at), r.changes, r.status, r.undone_by or r.undoes or ""]
+                           for r in runs], ["run", "kind", "started (UTC)", "rows", "status", "undone by / undoes"]))
+    return EXIT_OK
+
+
+@integrity_group.command("demo")
+@click.option("--trades", type=click.IntRange(min=200), default=5_000, show_default=True, help="Trades in the demo session.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the demo session.")
+@click.pass_context
+def integrity_demo(ctx: click.Context, trades: int, seed: int) -> int:
+    """Migrate, generate a session with a handful of defects, check, repair, check again."""
+    from .demo import run_demo
+
+    return run_demo(_settings(ctx), trades=trades, seed=seed, echo=click.echo)
+
+
 # -- entry points ----------------------------------------------------------------------------------
 
 @click.group(name="toolkit", context_settings=CONTEXT)

@@ -216,7 +216,15 @@ def split_statements(script: str) -> list[str]:
 def quick_check(conn: sqlite3.Connection, schema: str = "main") -> list[str]:
     """``PRAGMA quick_check`` lines other than ``ok`` (physical damage and constraint failures)."""
     rows = conn.execute(f"PRAGMA {quote_ident(schema)}.quick_check").fetchall()
-    return [r[0] for r in rows if r[0] != "ok"]
+    # One row may hold many problems, one per line, under a "*** in database main ***" heading:
+    # return one problem per item, so callers can show the first on a single line.
+    problems = []
+    for (text,) in rows:
+        for line in str(text).splitlines():
+            line = line.strip()
+            if line and line != "ok" and not (line.startswith("*** in database") and line.endswith("***")):
+                problems.append(line)
+    return problems
 
 
 def user_tables(conn: sqlite3.Connection, schema: str = "main", *, include_internal: bool = False) -> list[tuple[str, bool]]:

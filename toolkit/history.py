@@ -75,6 +75,34 @@ HISTORY_SCHEMA: tuple[str, ...] = (
         PRIMARY KEY (run_id, rule_id)
     );
     """,
+    # 3: repair runs and the log of every changed row (copied from each file's journal)
+    """
+    CREATE TABLE IF NOT EXISTS repair_runs (
+        run_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('repair', 'undo')),
+        started_at INTEGER NOT NULL,
+        data_dir TEXT NOT NULL,
+        rules TEXT NOT NULL,
+        changes INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        summary TEXT,
+        undone_by TEXT,
+        undoes TEXT
+    );
+    CREATE TABLE IF NOT EXISTS repair_log (
+        run_id TEXT NOT NULL,
+        database_name TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        rule_id TEXT NOT NULL,
+        table_name TEXT NOT NULL,
+        op TEXT NOT NULL,
+        row_key TEXT NOT NULL,
+        before TEXT,
+        after TEXT,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (run_id, database_name, seq)
+    );
+    """,
 )
 
 

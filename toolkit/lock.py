@@ -131,11 +131,14 @@ def data_dir_lock(
         raise NotInitialisedError(f"{path.parent}: data directory does not exist", hint="run `migrate upgrade` first")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout
+        waiting_since = time.monotonic()
+        deadline = waiting_since + timeout
         told = False
         while not _try_lock(fd):
             holder = read_holder(path)
-            if not told and on_wait is not None:
+            # A holder that has just taken the lock writes its details a moment later: give it that
+            # moment, so the notice names it instead of "another process".
+            if not told and on_wait is not None and (holder is not None or time.monotonic() - waiting_since >= 0.5):
                 on_wait(holder)
                 told = True
             if time.monotonic() >= deadline:

@@ -11,7 +11,7 @@ from . import __version__
 from .rules.model import Severity, Violation
 from .rules.runner import CheckReport, RuleResult
 
-__all__ = ["FORMATS", "JSON_SCHEMA_VERSION", "render", "to_json_data"]
+__all__ = ["FORMATS", "JSON_SCHEMA_VERSION", "render", "to_json_data", "render_plan", "render_repair", "plan_data"]
 
 JSON_SCHEMA_VERSION = 1
 TOOL_NAME = "paper-ledger-toolkit"
@@ -248,3 +248,74 @@ FORMATS: dict[str, Callable[[CheckReport], str]] = {
 
 def render(report: CheckReport, fmt: str) -> str:
     return FORMATS[fmt](report)
+
+
+# -- repair plans and results ----------------------------------------------------------------------
+
+def plan_data(plan: Any) -> dict[str, Any]:
+    """A repair plan or result as JSON-ready data (the same shape for both)."""
+    data: dict[str, Any] = {"schema_version": JSON_SCHEMA_VERSION, "data_dir": plan.data_dir}
+    for name in ("run_id", "seconds"):
+        if hasattr(plan, name):
+            data[name] = getattr(plan, name)
+    if hasattr(plan, "backups"):
+        data["backups"] = [str(b.path) for b in plan.backups]
+    data["rules"] = [
+        {
+            "id": r.rule.id,
+            "status": r.status,
+            "violations": r.violations,
+            "changes": dict(r.changes),
+            "untouched": r.untouched,
+            "reason": r.reason,
+            "rolled_back": getattr(r, "rolled_back", None),
+            "samples": [{"op": c.op, "database": c.database, "table": c.table, "key": c.key, "before": c.before,
+                         "after": c.after, "repairs": c.repairs} for c in r.samples],
+            "untouched_samples": [{"key": u.key, "reason": u.reason} for u in r.untouched_samples],
+        }
+        for r in plan.rules
+    ]
+    return data
+
+
+def _repair_table(plan: Any, sample_changes: bool) -> list[str]:
+    from tabulate import tabulate
+
+    rows = [[r.rule.id, r.status, r.violations, r.changes.get("update", 0), r.changes.get("insert", 0),
+             r.changes.get("delete", 0), r.untouched, (getattr(r, "rolled_back", None) or r.reason or "")[:80]]
+            for r in plan.rules if r.status != "nothing"]
+    if not rows:
+        return ["nothing to repair: every rule is clean"]
+    lines = [tabulate(rows, headers=["rule", "status", "violations", "update", "insert", "delete", "untouched", "note"],
+                      tablefmt="simple", disable_numparse=True)]
+    if sample_changes:
+        for r in plan.rules:
+            if not (r.samples or r.untouched_samples):
+                continue
+            lines.append(f"\n{r.rule.id}:")
+            lines += [f"  {c.describe()}" for c in r.samples]
+            if r.total_changes > len(r.samples):
+                lines.append(f"  ... and {r.total_changes - len(r.samples)} more change(s)")
+            lines += [f"  will not touch {', '.join(f'{k}={v}' for k, v in u.key.items())}: {u.reason}" for u in r.untouched_samples]
+    return lines
+
+
+def render_plan(plan: Any, fmt: str = "table") -> str:
+    if fmt == "json":
+        return json.dumps(plan_data(plan), indent=2, default=str)
+    lines = _repair_table(plan, True)
+    lines.append(f"\nplan: {plan.total_changes} row change(s); nothing was changed. "
+                 "Apply with `integrity repair --apply`.")
+    return "\n".join(lines)
+
+
+def render_repair(result: Any, fmt: str = "table") -> str:
+    if fmt == "json":
+        return json.dumps(plan_data(result), indent=2, default=str)
+    lines = _repair_table(result, True)
+    rolled = result.rolled_back
+    lines.append(f"\nrepair {result.run_id}: {result.applied_changes} row change(s) applied and verified"
+                 + (f", {len(rolled)} rule(s) rolled back" if rolled else "") + f" ({result.seconds:.2f} s)")
+    if result.applied_changes:
+        lines.append(f"undo with `integrity repair undo {result.run_id}`")
+    return "\n".join(lines)

@@ -263,15 +263,28 @@ def _dry_run(settings: Settings, plan: Plan, result: RunResult) -> None:
 
 def _states_and_history(settings: Settings, migrations: Sequence[Migration], result: RunResult,
                         *, create: bool) -> tuple[dict[str, FileState], sqlite3.Connection]:
+    # Read the files first: a file that cannot be read (a directory, not SQLite, corrupt) is refused
+    # before the ledger is created, so a refused command leaves no new file behind.
+    states = read_states(settings, DATABASES)
     history = open_history(settings, create=create)
     assert history is not None
     try:
-        states = read_states(settings, DATABASES)
         result.reconciled.extend(reconcile(history, states, migrations))
     except BaseException:
         history.close()
         raise
     return states, history
+
+
+def _make_data_dir(settings: Settings) -> None:
+    """Create the data directory, or say plainly why it cannot be (a file in the way, no permission)."""
+    directory = settings.data_dir
+    if directory.exists() and not directory.is_dir():
+        raise DatabaseFileError(directory, "is not a directory", hint="point --data-dir at the directory that holds the databases")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseFileError(directory, f"cannot create the data directory ({exc.strerror or exc})") from exc
 
 
 def upgrade(
@@ -296,7 +309,7 @@ def upgrade(
         if not plan:
             result.notes.append("nothing to upgrade")
         return result
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _make_data_dir(settings)
     with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="migrate upgrade",
                        on_wait=_waiting(progress), on_takeover=_took_over(progress)):
         states, history = _states_and_history(settings, migrations, result, create=True)

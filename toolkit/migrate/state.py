@@ -40,6 +40,20 @@ BOOKKEEPING_DDL = (
         applied_at INTEGER NOT NULL,
         duration_seconds REAL
     )""",
+    # Every row a repair (or its undo) changes in this file, written in the same transaction as the
+    # change itself; migrations.db's repair_log is a copy reconciled from these.
+    """CREATE TABLE IF NOT EXISTS _toolkit_repair_journal (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        rule_id TEXT NOT NULL,
+        table_name TEXT NOT NULL,
+        op TEXT NOT NULL,
+        row_key TEXT NOT NULL,
+        before TEXT,
+        after TEXT,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID""",
 )
 
 

@@ -50,7 +50,12 @@ def fingerprint(rule_id: str, key: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Violation:
-    """One thing a rule found. Money rules fill ``stored``/``computed``/``difference``/``tolerance``."""
+    """One thing a rule found. Money rules fill ``stored``/``computed``/``difference``/``tolerance``.
+
+    Rules that can be repaired also say how: ``fix`` (the correct values), ``was`` (the stored
+    ones) and ``scope`` (e.g. the ticker, so a repair can re-verify just that part). None of these
+    are part of the violation's identity.
+    """
 
     rule_id: str
     key: dict[str, Any]
@@ -59,6 +64,9 @@ class Violation:
     computed: Any = None
     difference: float | None = None
     tolerance: float | None = None
+    fix: Any = field(default=None, compare=False, repr=False)
+    was: Any = field(default=None, compare=False, repr=False)
+    scope: Any = field(default=None, compare=False, repr=False)
 
     @property
     def fingerprint(self) -> str:
@@ -83,6 +91,8 @@ class CheckContext:
     tickers: frozenset[str] | None = None
     progress: Callable[[str], None] | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    #: Repair mode: rules also compute ``Violation.fix``/``was`` (costlier, so only when asked).
+    want_fixes: bool = False
 
     def option(self, rule: Rule, name: str, default: Any = None) -> Any:
         configured = self.settings.rule_options.get(rule.id, {})
@@ -106,9 +116,9 @@ class Scan:
     run: Callable[[CheckContext, Mapping[str, Rule]], Iterator[Violation]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Rule:
-    """An integrity rule. Build it with :func:`rule`, or directly in a test."""
+    """An integrity rule. Build it with :func:`rule`, or directly in a test. Rules compare by identity."""
 
     id: str
     severity: Severity
@@ -124,6 +134,8 @@ class Rule:
     source: str = ""
     #: False for rules that examine damage themselves (quick_check): they run on damaged files too.
     sound_files_only: bool = True
+    #: For rules without an automatic repair: what a person should do instead.
+    remedy: str = ""
 
     @property
     def repairable(self) -> bool:
@@ -167,6 +179,7 @@ def rule(
     scan: Scan | None = None,
     repair: RepairPlanner | None = None,
     sound_files_only: bool = True,
+    remedy: str = "",
     **options: Any,
 ) -> Callable[[Callable], Rule]:
     """Build a :class:`Rule` from a function; its docstring's first line is the description.
@@ -182,7 +195,7 @@ def rule(
         source = f"{func.__module__}.{func.__qualname__}"
         common = dict(id=id, severity=Severity.parse(severity), description=_doc_line(func),
                       databases=tuple(databases), reads=tuple(reads), key=tuple(key), repair=repair,
-                      options=dict(options), source=source, sound_files_only=sound_files_only)
+                      options=dict(options), source=source, sound_files_only=sound_files_only, remedy=remedy)
         if scan is not None:
             return Rule(scan=scan, **common).validate()
         if func.__code__.co_argcount == 0:

@@ -85,18 +85,22 @@ class CheckReport:
 
 
 class _Collector:
-    __slots__ = ("result", "sample", "accepted", "collect")
+    __slots__ = ("result", "sample", "accepted", "collect", "observe")
 
-    def __init__(self, result: RuleResult, sample: int, accepted: frozenset[str] | None, collect: bool) -> None:
+    def __init__(self, result: RuleResult, sample: int, accepted: frozenset[str] | None, collect: bool,
+                 observe: Callable[[Violation], None] | None) -> None:
         self.result = result
         self.sample = sample
         self.accepted = accepted
         self.collect = collect
+        self.observe = observe
         if collect:
             result.fingerprints = []
 
     def add(self, violation: Violation) -> None:
         result = self.result
+        if self.observe is not None:
+            self.observe(violation)
         if self.accepted is not None or self.collect:
             fp = violation.fingerprint
             if self.collect:
@@ -120,11 +124,21 @@ def _sql_violations(ctx: CheckContext, rule: Rule) -> Iterator[Violation]:
         raise ValueError(f"the rule's SQL must return its key columns {list(rule.key)}, got {names}") from None
     extra = {n: names.index(n) for n in ("message", "stored", "computed", "difference", "tolerance") if n in names}
     m, s, c, d, t = (extra.get(n) for n in ("message", "stored", "computed", "difference", "tolerance"))
+    # Columns fix_<column> / was_<column> say how to repair the row (new / old value of <column>);
+    # an optional column ``fixable`` that is 0 marks a violation without an automatic repair.
+    fixes = [(i, n[4:]) for i, n in enumerate(names) if n.startswith("fix_")]
+    olds = [(i, n[4:]) for i, n in enumerate(names) if n.startswith("was_")]
+    with_fix = ctx.want_fixes and bool(fixes)
+    fixable = names.index("fixable") if "fixable" in names else None
     while True:
         rows = cursor.fetchmany(1000)
         if not rows:
             return
         for row in rows:
+            fix = was = None
+            if with_fix and (fixable is None or row[fixable]):
+                fix = {col: row[i] for i, col in fixes}
+                was = {col: row[i] for i, col in olds}
             yield Violation(
                 rule.id,
                 {k: row[i] for i, k in keys if row[i] is not None},
@@ -133,6 +147,8 @@ def _sql_violations(ctx: CheckContext, rule: Rule) -> Iterator[Violation]:
                 computed=row[c] if c is not None else None,
                 difference=row[d] if d is not None else None,
                 tolerance=row[t] if t is not None else None,
+                fix=fix,
+                was=was,
             )
 
 
@@ -176,10 +192,14 @@ def execute_rules(
     sample: int = 20,
     accepted: frozenset[str] | None = None,
     collect: bool = False,
+    observe: Callable[[Violation], None] | None = None,
 ) -> list[RuleResult]:
-    """Run rules on an open context (also used by repair verification and the adversarial harness)."""
+    """Run rules on an open context (also used by repair verification and the adversarial harness).
+
+    ``observe`` sees every violation (before the baseline), e.g. to count them per scope.
+    """
     results = {r.id: RuleResult(r) for r in rules}
-    collectors = {r.id: _Collector(results[r.id], sample, accepted, collect) for r in rules}
+    collectors = {r.id: _Collector(results[r.id], sample, accepted, collect, observe) for r in rules}
     damaged = _file_state(ctx, sorted({d for r in rules for d in r.databases}))
     runnable: list[Rule] = []
     for item in rules:

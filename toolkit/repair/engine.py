@@ -1,0 +1,705 @@
+"""`integrity repair`: plan, verified apply, log, undo.
+
+Apply, for the data directory (under its lock)::
+
+    BEGIN IMMEDIATE                      one transaction over positions, trading, ml_training
+      census: every rule that reads a table some repair changes, counted per scope (ticker)
+      for each repairable rule with violations:
+        SAVEPOINT
+          its violations (computed by the accounting core) -> changes, written in batches;
+          each changed row journaled in _toolkit_repair_journal of its own file;
+          the first change to a file backs that file up (its committed state) first
+          re-run the rule and every rule reading the changed tables, on the touched scope:
+          RELEASE if the rule is clean there (but for what it left untouched) and no rule got
+          worse; otherwise ROLLBACK TO, and report why
+    COMMIT                               per file: all of its repair or nothing
+    copy the journals into migrations.db (repair_runs, repair_log)
+
+A crash before COMMIT leaves every file as it was; a crash during COMMIT leaves each file with all of
+its repair and its journal, or neither; a crash after it is reconciled by the next repair command.
+Repairs never delete ledger rows; rows removed from derived tables (positions) are kept in the log.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..backup import Backup, take_backup
+from ..config import DATABASES, Settings
+from ..db import check_file, connect, open_databases, quote_ident, translate_error
+from ..errors import LedgerError, ToolkitError, UnknownNameError, UsageError
+from ..history import open_history
+from ..lock import data_dir_lock
+from ..migrate.state import ensure_bookkeeping
+from ..rules.model import CheckContext, Rule, Violation
+from ..rules.registry import Registry, load_registry
+from ..rules.runner import RuleResult, _file_state, _missing_tables, execute_rules, new_run_id
+from .model import LEDGER_TABLES, Change, Untouched
+
+__all__ = [
+    "RulePlan",
+    "RepairPlan",
+    "RuleOutcome",
+    "RepairResult",
+    "UndoResult",
+    "RepairRun",
+    "plan_repairs",
+    "apply_repairs",
+    "undo_repair",
+    "list_repairs",
+    "reconcile_repair_log",
+    "RepairConflict",
+]
+
+_BATCH = 2_000
+
+
+class RepairConflict(ToolkitError):
+    """A row a repair (or an undo) expected to find was not there, or had changed."""
+
+
+# -- results ---------------------------------------------------------------------------------------
+
+@dataclass
+class RulePlan:
+    rule: Rule
+    status: str = "nothing"          # nothing | planned | not repairable | skipped | error
+    violations: int = 0
+    changes: Counter = field(default_factory=Counter)   # op -> rows
+    samples: list[Change] = field(default_factory=list)
+    untouched: int = 0
+    untouched_samples: list[Untouched] = field(default_factory=list)
+    reason: str | None = None
+
+    @property
+    def total_changes(self) -> int:
+        return sum(self.changes.values())
+
+
+@dataclass
+class RepairPlan:
+    data_dir: str
+    rules: list[RulePlan] = field(default_factory=list)
+
+    @property
+    def total_changes(self) -> int:
+        return sum(r.total_changes for r in self.rules)
+
+
+@dataclass
+class RuleOutcome(RulePlan):
+    verified: bool = False
+    rolled_back: str | None = None
+
+
+@dataclass
+class RepairResult:
+    run_id: str
+    data_dir: str
+    started_at: float
+    seconds: float = 0.0
+    rules: list[RuleOutcome] = field(default_factory=list)
+    backups: list[Backup] = field(default_factory=list)
+    reconciled: list[str] = field(default_factory=list)
+
+    @property
+    def applied_changes(self) -> int:
+        return sum(r.total_changes for r in self.rules if r.status == "applied")
+
+    @property
+    def rolled_back(self) -> list[RuleOutcome]:
+        return [r for r in self.rules if r.status == "rolled back"]
+
+
+@dataclass
+class UndoResult:
+    run_id: str
+    undone: str
+    rows: int
+    reconciled: list[str] = field(default_factory=list)
+    backups: list[Backup] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RepairRun:
+    run_id: str
+    kind: str
+    started_at: int
+    rules: list[str]
+    changes: int
+    status: str
+    undone_by: str | None
+    undoes: str | None
+
+
+# -- shared pieces --------------------------------------------------------------------------------
+
+def _paths(settings: Settings) -> dict:
+    return {name: settings.path(name) for name in DATABASES}
+
+
+def iter_violations(ctx: CheckContext, rule: Rule) -> Iterator[Violation]:
+    """One rule's violations (with fixes when ``ctx.want_fixes``)."""
+    from ..rules.runner import _sql_violations
+
+    if rule.scan is not None:
+        yield from rule.scan.run(ctx, {rule.id: rule})
+    elif rule.sql is not None:
+        yield from _sql_violations(ctx, rule)
+    else:
+        yield from rule.check(ctx, rule)  # type: ignore[misc]
+
+
+def _blocked(ctx: CheckContext, rule: Rule) -> str | None:
+    damaged = _file_state(ctx, rule.databases)
+    reason = next((damaged[d] for d in rule.databases if d in damaged), None)
+    return reason or _missing_tables(ctx, rule)
+
+
+def _selected(registry: Registry, rule_ids: Iterable[str] | None) -> list[Rule]:
+    return registry.select(list(rule_ids) if rule_ids else None)
+
+
+def _tables_read(rule: Rule) -> set[tuple[str, str]]:
+    return {tuple(item.split(".", 1)) for item in rule.reads}  # type: ignore[misc]
+
+
+# -- planning ---------------------------------------------------------------------------------------
+
+def _from_census(rule: Rule, census: RuleResult) -> RulePlan | None:
+    """The plan entry a rule gets without planning: skipped, errored, clean or not repairable."""
+    if census.status in ("skipped", "error"):
+        return RulePlan(rule, status=census.status, reason=census.reason or census.error)
+    if census.count == 0:
+        return RulePlan(rule)
+    if rule.repair is None:
+        return RulePlan(rule, status="not repairable", violations=census.count,
+                        reason=f"no automatic repair: {rule.remedy}" if rule.remedy else "no automatic repair")
+    return None
+
+
+def _plan_rule(ctx: CheckContext, rule: Rule, sample: int, sink: Callable[[Change], None] | None,
+               untouched_keys: set[str] | None = None) -> RulePlan:
+    plan = RulePlan(rule)
+    violations = iter_violations(ctx, rule)
+    assert rule.repair is not None
+
+    def counted(items: Iterable[Violation]) -> Iterator[Violation]:
+        for violation in items:
+            plan.violations += 1
+            yield violation
+
+    for item in rule.repair(ctx, rule, counted(violations)):
+        if isinstance(item, Untouched):
+            plan.untouched += 1
+            if untouched_keys is not None:
+                untouched_keys.add(_json(item.key))
+            if len(plan.untouched_samples) < sample:
+                plan.untouched_samples.append(item)
+            continue
+        if (item.database, item.table) in LEDGER_TABLES and item.op == "delete":
+            raise LedgerError(f"{rule.id}: a repair tried to delete a ledger row ({item.database}.{item.table} {item.key})")
+        plan.changes[item.op] += 1
+        if len(plan.samples) < sample:
+            plan.samples.append(item)
+        if sink is not None:
+            sink(item)
+    if plan.violations:
+        plan.status = "planned" if plan.total_changes else "nothing"
+        if not plan.total_changes and plan.untouched:
+            plan.status, plan.reason = "not repairable", "every violation needs a hand fix (see untouched)"
+    return plan
+
+
+def plan_repairs(settings: Settings, *, rule_ids: Iterable[str] | None = None, sample: int = 20,
+                 registry: Registry | None = None, progress: Callable[[str], None] | None = None) -> RepairPlan:
+    """What `integrity repair --apply` would change, rule by rule. Changes nothing."""
+    registry = registry or load_registry(settings)
+    rules = _selected(registry, rule_ids)
+    for path in _paths(settings).values():
+        check_file(path)
+    conn = open_databases(_paths(settings), readonly=True, busy_timeout=settings.busy_timeout, cache_kib=65_536)
+    try:
+        ctx = CheckContext(conn, settings, progress=progress)
+        census = {r.rule.id: r for r in execute_rules(ctx, rules, sample=0)}
+        ctx.want_fixes = True
+        result = RepairPlan(str(settings.data_dir))
+        for rule in rules:
+            known = _from_census(rule, census[rule.id])
+            if known is not None:
+                result.rules.append(known)
+                continue
+            ctx.say(f"planning {rule.id}")
+            try:
+                result.rules.append(_plan_rule(ctx, rule, sample, None))
+            except Exception as exc:
+                result.rules.append(RulePlan(rule, status="error", reason=f"{type(exc).__name__}: {exc}"))
+        return result
+    finally:
+        conn.close()
+
+
+# -- writing changes -------------------------------------------------------------------------------
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class _Writer:
+    """Applies changes in batches and journals every row in its own file, same transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, run_id: str, now: int,
+                 before_first_write: Callable[[str], None], *, seq: dict[str, int] | None = None) -> None:
+        self.conn = conn
+        self.run_id = run_id
+        self.now = now
+        self.before_first_write = before_first_write
+        self.seq = seq if seq is not None else {}
+        self.pending: list[Change] = []
+        self.scopes: set[Any] = set()
+        self.touched: set[tuple[str, str]] = set()
+        self.repaired = 0
+
+    def add(self, change: Change) -> None:
+        self.pending.append(change)
+        if change.scope is not None:
+            self.scopes.add(change.scope)
+        self.touched.add((change.database, change.table))
+        if len(self.pending) >= _BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        start = 0
+        pending = self.pending
+        while start < len(pending):
+            first = pending[start]
+            signature = _signature(first)
+            end = start + 1
+            while end < len(pending) and _signature(pending[end]) == signature:
+                end += 1
+            self._execute(pending[start:end])
+            start = end
+        self.pending = []
+
+    def _execute(self, batch: list[Change]) -> None:
+        first = batch[0]
+        database = first.database
+        if database not in self.seq:
+            self.before_first_write(database)
+            self.seq[database] = 0
+        table = f"{quote_ident(database)}.{quote_ident(first.table)}"
+        keys = list(first.key)
+        where = " AND ".join(f"{quote_ident(k)} = ?" for k in keys)
+        if first.op == "update":
+            columns = list(first.after or {})
+            sql = f"UPDATE {table} SET {', '.join(f'{quote_ident(c)} = ?' for c in columns)} WHERE {where}"
+            params = [[c.after[col] for col in columns] + [c.key[k] for k in keys] for c in batch]  # type: ignore[index]
+        elif first.op == "insert":
+            columns = list(first.after or {})
+            sql = f"INSERT INTO {table} ({', '.join(quote_ident(c) for c in columns)}) VALUES ({', '.join('?' * len(columns))})"
+            params = [[c.after[col] for col in columns] for c in batch]  # type: ignore[index]
+        else:
+            sql = f"DELETE FROM {table} WHERE {where}"
+            params = [[c.key[k] for k in keys] for c in batch]
+        cursor = self.conn.executemany(sql, params)
+        if cursor.rowcount != len(batch):
+            raise RepairConflict(
+                f"{first.rule_id}: {first.op} of {len(batch)} row(s) in {database}.{first.table} changed {cursor.rowcount}",
+                hint="the rows changed while the repair ran; run `integrity repair` again")
+        seq = self.seq[database]
+        rows = []
+        for change in batch:
+            seq += 1
+            rows.append((self.run_id, seq, change.rule_id, change.table, change.op, _json(change.key),
+                         None if change.before is None else _json(change.before),
+                         None if change.after is None else _json(change.after), self.now))
+        self.seq[database] = seq
+        self.conn.executemany(
+            f"INSERT INTO {quote_ident(database)}._toolkit_repair_journal (run_id, seq, rule_id, table_name, op, row_key, "
+            "before, after, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self.repaired += len(batch)
+
+
+def _signature(change: Change) -> tuple:
+    return (change.database, change.table, change.op, tuple(change.key), tuple(change.after or ()))
+
+
+# -- applying ---------------------------------------------------------------------------------------
+
+def _census(ctx: CheckContext, rules: list[Rule]) -> tuple[dict[str, RuleResult], dict[str, Counter]]:
+    """Rule results plus violation counts per scope (e.g. per ticker)."""
+    by_scope: dict[str, Counter] = {r.id: Counter() for r in rules}
+
+    def observe(violation: Violation) -> None:
+        by_scope[violation.rule_id][violation.scope] += 1
+
+    results = execute_rules(ctx, rules, sample=0, observe=observe)
+    return {r.rule.id: r for r in results}, by_scope
+
+
+def _prepare_files(settings: Settings) -> None:
+    """Bookkeeping tables exist in every file before the repair transaction (no DDL inside it)."""
+    for name in DATABASES:
+        conn = connect(settings.path(name), busy_timeout=settings.busy_timeout)
+        try:
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_toolkit_repair_journal'").fetchone():
+                conn.execute("BEGIN IMMEDIATE")
+                ensure_bookkeeping(conn)
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise translate_error(exc, settings.path(name), action="preparing the repair journal") from exc
+        finally:
+            conn.close()
+
+
+def _verify(ctx: CheckContext, registry: Registry, rule: Rule, writer: _Writer, untouched: set[str],
+            scope_counts: dict[str, Counter]) -> str | None:
+    """None if the repair holds: re-run, on the touched scope, the rule and every rule reading a
+    changed table. The rule must find nothing there but what it left untouched; no rule may find
+    more than before."""
+    related = [r for r in registry if r.reads and _tables_read(r) & writer.touched]
+    if rule not in related:
+        related.append(rule)
+    tickers = frozenset(s for s in writer.scopes if isinstance(s, str)) or None
+    scoped = [r for r in related if r.scan is not None]
+    whole = [r for r in related if r.scan is None]
+    left: list[Violation] = []
+
+    def watch(violation: Violation) -> None:
+        if violation.rule_id == rule.id and _json(violation.key) not in untouched:
+            left.append(violation)
+
+    def census(rules: list[Rule], limit: frozenset[str] | None) -> tuple[dict[str, RuleResult], dict[str, Counter]]:
+        by_scope: dict[str, Counter] = {r.id: Counter() for r in rules}
+
+        def observe(violation: Violation) -> None:
+            by_scope[violation.rule_id][violation.scope] += 1
+            watch(violation)
+
+        ctx.tickers = limit
+        try:
+            return {r.rule.id: r for r in execute_rules(ctx, rules, sample=0, observe=observe)}, by_scope
+        finally:
+            ctx.tickers = None
+
+    results: dict[str, RuleResult] = {}
+    after_scope: dict[str, Counter] = {}
+    for group, limit in ((scoped, tickers), (whole, None)):
+        if group:
+            found, counts = census(group, limit)
+            results.update(found)
+            after_scope.update(counts)
+    for other in related:
+        if results[other.id].status in ("error", "skipped"):
+            return f"re-checking {other.id} failed: {results[other.id].error or results[other.id].reason}"
+    if left:
+        more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
+        return f"{rule.id} still finds {left[0].key}: {left[0].message}{more}"
+    for other in related:
+        before = scope_counts.get(other.id, Counter())
+        after = after_scope.get(other.id, Counter())
+        in_scope = other.scan is not None and tickers is not None
+        was = sum(before[t] for t in tickers) if in_scope else sum(before.values())  # type: ignore[union-attr]
+        now = sum(after.values())
+        if other.id != rule.id and now > was:
+            return f"{other.id} got worse ({was} -> {now} violations)"
+    for other in related:  # the next repair compares against the state after this one
+        counts = scope_counts.setdefault(other.id, Counter())
+        if other.scan is not None and tickers is not None:
+            for t in tickers:
+                counts.pop(t, None)
+        else:
+            counts.clear()
+        counts.update(after_scope.get(other.id, Counter()))
+    return None
+
+
+def apply_repairs(
+    settings: Settings,
+    *,
+    rule_ids: Iterable[str] | None = None,
+    sample: int = 20,
+    registry: Registry | None = None,
+    progress: Callable[[str], None] | None = None,
+    connection_factory: Callable[[dict], sqlite3.Connection] | None = None,
+) -> RepairResult:
+    """Apply every selected rule's repair, each verified in its own savepoint (see module doc)."""
+    registry = registry or load_registry(settings)
+    rules = [r for r in _selected(registry, rule_ids)]
+    for path in _paths(settings).values():
+        check_file(path, writable=True)
+    say = progress or (lambda _: None)
+    result = RepairResult(new_run_id("rep"), str(settings.data_dir), time.time())
+    clock = time.perf_counter()
+    with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="integrity repair --apply"):
+        result.reconciled = reconcile_repair_log(settings)
+        _prepare_files(settings)
+        factory = connection_factory or (lambda paths: open_databases(paths, readonly=False, busy_timeout=settings.busy_timeout,
+                                                                      cache_kib=65_536))
+        conn = factory(_paths(settings))
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise translate_error(exc, settings.data_dir, action="starting the repair") from exc
+            ctx = CheckContext(conn, settings, progress=progress, want_fixes=True)
+            backed_up: set[str] = set()
+
+            def backup_once(database: str) -> None:
+                if database not in backed_up:
+                    backed_up.add(database)
+                    say(f"backing up {database}")
+                    item = take_backup(settings, database, "pre-repair")
+                    if item is not None:
+                        result.backups.append(item)
+
+            repairable = [r for r in rules if r.repair is not None]
+            affected = {t for r in repairable for t in _tables_read(r)}
+            census_rules = list(dict.fromkeys(rules + [r for r in registry if r.reads and _tables_read(r) & affected]))
+            say("checking before repair")
+            census, scope_counts = _census(ctx, census_rules)
+            ctx.want_fixes = True
+            seq: dict[str, int] = {}
+            for rule in rules:
+                known = _from_census(rule, census[rule.id])
+                if known is not None:
+                    result.rules.append(RuleOutcome(**vars(known)))
+                    continue
+                outcome = RuleOutcome(rule)
+                result.rules.append(outcome)
+                say(f"repairing {rule.id}")
+                writer = _Writer(conn, result.run_id, int(time.time()), backup_once, seq=dict(seq))
+                untouched: set[str] = set()
+                conn.execute("SAVEPOINT repair_rule")
+                try:
+                    plan = _plan_rule(ctx, rule, sample, writer.add, untouched)
+                    writer.flush()
+                    for name in ("status", "violations", "changes", "samples", "untouched", "untouched_samples", "reason"):
+                        setattr(outcome, name, getattr(plan, name))
+                    problem = _verify(ctx, registry, rule, writer, untouched, scope_counts) if plan.status == "planned" else None
+                except Exception as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                if problem is not None:
+                    conn.execute("ROLLBACK TO repair_rule")
+                    conn.execute("RELEASE repair_rule")
+                    outcome.status, outcome.rolled_back = "rolled back", problem
+                    continue
+                conn.execute("RELEASE repair_rule")
+                if plan.status == "planned":
+                    seq = writer.seq
+                    outcome.status, outcome.verified = "applied", True
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+        result.seconds = time.perf_counter() - clock
+        _record_run(settings, result)
+        result.reconciled += reconcile_repair_log(settings)
+    return result
+
+
+# -- the log in migrations.db ------------------------------------------------------------------------
+
+def _record_run(settings: Settings, result: RepairResult) -> None:
+    history = open_history(settings, create=True)
+    assert history is not None
+    try:
+        summary = {r.rule.id: {"status": r.status, "changes": dict(r.changes), "untouched": r.untouched,
+                               "rolled_back": r.rolled_back} for r in result.rules}
+        status = "applied" if result.applied_changes else "nothing"
+        if result.rolled_back:
+            status = "partial" if result.applied_changes else "rolled back"
+        history.execute("BEGIN IMMEDIATE")
+        history.execute(
+            "INSERT OR REPLACE INTO repair_runs (run_id, kind, started_at, data_dir, rules, changes, status, summary) "
+            "VALUES (?, 'repair', ?, ?, ?, ?, ?, ?)",
+            (result.run_id, int(result.started_at), result.data_dir, _json([r.rule.id for r in result.rules]),
+             result.applied_changes, status, _json(summary)))
+        history.execute("COMMIT")
+    finally:
+        history.close()
+
+
+def reconcile_repair_log(settings: Settings) -> list[str]:
+    """Copy journal rows that migrations.db lacks (a crash after a file's commit); returns notes."""
+    history = open_history(settings, create=True)
+    assert history is not None
+    notes: list[str] = []
+    try:
+        for name in DATABASES:
+            path = settings.path(name)
+            if not path.exists():
+                continue
+            conn = connect(path, readonly=True, busy_timeout=settings.busy_timeout)
+            try:
+                if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_toolkit_repair_journal'").fetchone():
+                    continue
+                runs = [r[0] for r in conn.execute("SELECT DISTINCT run_id FROM _toolkit_repair_journal")]
+                logged = {r[0]: r[1] for r in history.execute(
+                    "SELECT run_id, count(*) FROM repair_log WHERE database_name = ? GROUP BY run_id", (name,))}
+                for run_id in runs:
+                    have = conn.execute("SELECT count(*) FROM _toolkit_repair_journal WHERE run_id = ?", (run_id,)).fetchone()[0]
+                    if logged.get(run_id, 0) == have:
+                        continue
+                    rows = conn.execute(
+                        "SELECT run_id, ?, seq, rule_id, table_name, op, row_key, before, after, at "
+                        "FROM _toolkit_repair_journal WHERE run_id = ? ORDER BY seq", (name, run_id))
+                    history.execute("BEGIN IMMEDIATE")
+                    history.executemany(
+                        "INSERT OR IGNORE INTO repair_log (run_id, database_name, seq, rule_id, table_name, op, row_key, "
+                        "before, after, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    if not history.execute("SELECT 1 FROM repair_runs WHERE run_id = ?", (run_id,)).fetchone():
+                        kind = "undo" if run_id.startswith("und-") else "repair"
+                        history.execute(
+                            "INSERT INTO repair_runs (run_id, kind, started_at, data_dir, rules, changes, status) "
+                            "VALUES (?, ?, ?, ?, '[]', 0, 'applied (reconciled)')",
+                            (run_id, kind, int(time.time()), str(settings.data_dir)))
+                        notes.append(f"repair run {run_id} was committed to {path.name} but not logged: logged now")
+                    history.execute(
+                        "UPDATE repair_runs SET changes = (SELECT count(*) FROM repair_log WHERE run_id = ?) WHERE run_id = ?",
+                        (run_id, run_id))
+                    history.execute("COMMIT")
+            finally:
+                conn.close()
+    except BaseException:
+        if history.in_transaction:
+            history.execute("ROLLBACK")
+        raise
+    finally:
+        history.close()
+    return notes
+
+
+def list_repairs(settings: Settings, *, limit: int = 20) -> list[RepairRun]:
+    if not settings.history_path.exists():
+        return []
+    history = open_history(settings)
+    assert history is not None
+    try:
+        rows = history.execute(
+            "SELECT run_id, kind, started_at, rules, changes, status, undone_by, undoes FROM repair_runs "
+            "ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
+    finally:
+        history.close()
+    return [RepairRun(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+
+
+# -- undo ------------------------------------------------------------------------------------------
+
+def _current(conn: sqlite3.Connection, database: str, table: str, key: dict, columns: Iterable[str]) -> tuple | None:
+    cols = list(columns)
+    where = " AND ".join(f"{quote_ident(k)} = ?" for k in key)
+    sql = f"SELECT {', '.join(quote_ident(c) for c in cols) or '1'} FROM {quote_ident(database)}.{quote_ident(table)} WHERE {where}"
+    return conn.execute(sql, list(key.values())).fetchone()
+
+
+def undo_repair(settings: Settings, run_id: str, *, progress: Callable[[str], None] | None = None) -> UndoResult:
+    """Restore exactly the values a repair run replaced; refuses, naming rows, if they changed since."""
+    say = progress or (lambda _: None)
+    with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="integrity repair undo"):
+        reconciled = reconcile_repair_log(settings)
+        history = open_history(settings, create=True)
+        assert history is not None
+        try:
+            row = history.execute("SELECT kind, status, undone_by FROM repair_runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                known = [r[0] for r in history.execute("SELECT run_id FROM repair_runs WHERE kind = 'repair' ORDER BY started_at DESC LIMIT 50")]
+                raise UnknownNameError("repair run", run_id, known)
+        finally:
+            history.close()
+        kind, status, undone_by = row
+        if kind != "repair":
+            raise UsageError(f"{run_id} is an undo, not a repair run", hint="undo the repair run it undid again with a new repair instead")
+        if undone_by:
+            raise UsageError(f"repair run {run_id} was already undone (by {undone_by})", hint="nothing to do")
+        undo_id = new_run_id("und")
+        result = UndoResult(undo_id, run_id, 0, reconciled)
+        conn = open_databases(_paths(settings), readonly=False, busy_timeout=settings.busy_timeout)
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise translate_error(exc, settings.data_dir, action="starting the undo") from exc
+            entries: dict[str, list[tuple]] = {}
+            for name in DATABASES:
+                if conn.execute(f"SELECT 1 FROM {quote_ident(name)}.sqlite_master WHERE name = '_toolkit_repair_journal'").fetchone():
+                    entries[name] = conn.execute(
+                        f"SELECT seq, rule_id, table_name, op, row_key, before, after FROM {quote_ident(name)}._toolkit_repair_journal "
+                        "WHERE run_id = ? ORDER BY seq DESC", (run_id,)).fetchall()
+            conflicts = []
+            for name, rows in entries.items():
+                for seq, rule_id, table, op, row_key, before, after in rows:
+                    key = json.loads(row_key)
+                    if op == "delete":
+                        if _current(conn, name, table, key, []) is not None:
+                            conflicts.append(f"{name}.{table} {key}: a row was inserted where the repair deleted one")
+                        continue
+                    wanted = json.loads(after)
+                    current = _current(conn, name, table, key, wanted)
+                    if current is None or list(current) != list(wanted.values()):
+                        conflicts.append(f"{name}.{table} {key}: changed since the repair ({'missing' if current is None else dict(zip(wanted, current))})")
+            if conflicts:
+                raise RepairConflict(
+                    f"cannot undo {run_id}: {len(conflicts)} row(s) changed since it ran, e.g. {conflicts[0]}"
+                    + (f"; also {conflicts[1]}" if len(conflicts) > 1 else ""),
+                    hint="nothing was changed; repair again, or restore a backup with `migrate restore`")
+            backed_up = set()
+            now = int(time.time())
+            for name, rows in entries.items():
+                if rows and name not in backed_up:
+                    backed_up.add(name)
+                    say(f"backing up {name}")
+                    item = take_backup(settings, name, "pre-undo")
+                    if item is not None:
+                        result.backups.append(item)
+                journal = []
+                for n, (seq, rule_id, table, op, row_key, before, after) in enumerate(rows, 1):
+                    key = json.loads(row_key)
+                    target = f"{quote_ident(name)}.{quote_ident(table)}"
+                    where = " AND ".join(f"{quote_ident(k)} = ?" for k in key)
+                    if op == "update":
+                        old = json.loads(before)
+                        conn.execute(f"UPDATE {target} SET {', '.join(f'{quote_ident(c)} = ?' for c in old)} WHERE {where}",
+                                     [*old.values(), *key.values()])
+                        journal.append((undo_id, n, rule_id, table, "update", row_key, after, before, now))
+                    elif op == "insert":
+                        conn.execute(f"DELETE FROM {target} WHERE {where}", list(key.values()))
+                        journal.append((undo_id, n, rule_id, table, "delete", row_key, after, None, now))
+                    else:
+                        old = json.loads(before)
+                        conn.execute(f"INSERT INTO {target} ({', '.join(quote_ident(c) for c in old)}) VALUES ({', '.join('?' * len(old))})",
+                                     list(old.values()))
+                        journal.append((undo_id, n, rule_id, table, "insert", row_key, None, before, now))
+                    result.rows += 1
+                conn.executemany(
+                    f"INSERT INTO {quote_ident(name)}._toolkit_repair_journal (run_id, seq, rule_id, table_name, op, row_key, "
+                    "before, after, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", journal)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+        history = open_history(settings, create=True)
+        assert history is not None
+        try:
+            history.execute("BEGIN IMMEDIATE")
+            history.execute(
+                "INSERT OR REPLACE INTO repair_runs (run_id, kind, started_at, data_dir, rules, changes, status, undoes) "
+                "VALUES (?, 'undo', ?, ?, '[]', ?, 'applied', ?)", (undo_id, now, str(settings.data_dir), result.rows, run_id))
+            history.execute("UPDATE repair_runs SET undone_by = ?, status = 'undone' WHERE run_id = ?", (undo_id, run_id))
+            history.execute("COMMIT")
+        finally:
+            history.close()
+        result.reconciled += reconcile_repair_log(settings)
+    return result
