@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from toolkit.accounting import Close, Lot, TickerBook, round_quantity
 from toolkit.domain import is_plausible_ticker
 from toolkit.repair.model import Change, Untouched, changed_columns, update_row
-from toolkit.rules.model import CheckContext, Rule, Scan, Violation, rule
+from toolkit.rules.model import CheckContext, Guard, Rule, Scan, Violation, rule
 
 __all__ = ["LEDGER_SCAN", "RULES"]
 
@@ -354,7 +354,9 @@ def lot_status_inconsistent() -> None:
 
 
 @rule("opening_leg_with_pnl", severity="CRITICAL", databases=["trading"], reads=["trading.trades"], key=["trade_id"],
-      repair=update_row("trading", "trades", ["trade_id"]))
+      repair=update_row("trading", "trades", ["trade_id"]),
+      guards=[Guard("trading.trades", ("INSERT", "UPDATE OF realized_pnl, action"),
+                    "NEW.action = 'BUY' AND NEW.realized_pnl IS NOT NULL", "an opening leg (BUY) never carries realized P&L")])
 def opening_leg_with_pnl():
     """BUY rows (opening legs) that carry realized P&L."""
     # Served by the partial index idx_trades_opening_leg_pnl: empty on a sound ledger, so instant.
@@ -385,6 +387,8 @@ def _trade_row_invalid(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
                     WHEN trim(run_id) = '' THEN 'run_id is empty'
                     WHEN typeof(quantity) NOT IN ('real', 'integer') OR quantity <= 0 THEN 'quantity ' || quote(quantity) || ' is not a number > 0'
                     WHEN typeof(price) NOT IN ('real', 'integer') OR price <= 0 THEN 'price ' || quote(price) || ' is not a number > 0'
+                    WHEN abs(quantity) > 1e300 THEN 'quantity ' || quote(quantity) || ' is not a finite number'
+                    WHEN abs(price) > 1e300 THEN 'price ' || quote(price) || ' is not a finite number'
                     WHEN typeof(commission) NOT IN ('real', 'integer') OR commission < 0 THEN 'commission ' || quote(commission) || ' is not a number >= 0'
                     WHEN typeof(executed_at) <> 'integer' THEN 'executed_at ' || quote(executed_at) || ' is not an epoch integer'
                     ELSE 'action/is_close inconsistent' END
@@ -403,7 +407,12 @@ def _trade_row_invalid(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
 
 
 trade_row_invalid = rule("trade_row_invalid", severity="HIGH", databases=["trading"], reads=["trading.trades"],
-                         key=["trade_id"], remedy="find the session that wrote the row; set its run id or correct the executed value")(_trade_row_invalid)
+                         key=["trade_id"],
+                         guards=[Guard("trading.trades", ("INSERT",), "NEW.run_id IS NULL OR trim(NEW.run_id) = ''",
+                                       "a trade needs the run_id of the session that produced it"),
+                                 Guard("trading.trades", ("INSERT",), "NOT toolkit_plausible_ticker(NEW.ticker)",
+                                       "the ticker is not a plausible symbol", {"toolkit_plausible_ticker": is_plausible_ticker})],
+                         remedy="find the session that wrote the row; set its run id or correct the executed value")(_trade_row_invalid)
 
 RULES = (unlinked_closes, orphaned_sells, realized_pnl_mismatch, lot_status_inconsistent, opening_leg_with_pnl,
          trade_row_invalid)

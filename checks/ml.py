@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from toolkit.domain import average_reward, state_key_problem
 from toolkit.repair.model import update_row
-from toolkit.rules.model import CheckContext, Rule, Violation, rule
+from toolkit.rules.model import CheckContext, Guard, Rule, Violation, rule
 
 __all__ = ["RULES", "rl_average_reward_problem"]
 
@@ -37,7 +37,10 @@ def ml_orphan_rows():
 
 
 @rule("ensemble_weights_sum", severity="MEDIUM", databases=["ml_training"], reads=["ml_training.ensemble_weights"],
-      key=["ensemble_id"], tolerance=1e-4, remedy="re-weight the ensemble (the toolkit cannot know which weight is wrong)")
+      key=["ensemble_id"], tolerance=1e-4,
+      guards=[Guard("ml_training.ensemble_weights", ("UPDATE OF weight, is_active, ensemble_id",),
+                    "OLD.is_active = 1 AND NEW.is_active = 1",
+                    "an active ensemble's weights are immutable: deactivate them and insert a new set")], remedy="re-weight the ensemble (the toolkit cannot know which weight is wrong)")
 def ensemble_weights_sum():
     """Ensembles whose active weights do not sum to 1."""
     return """
@@ -77,7 +80,11 @@ def rl_average_reward_problem(hyperparameters: object, tolerance: float) -> tupl
 @rule("rl_state_missing_avg_reward", severity="LOW", databases=["ml_training"], reads=["ml_training.rl_model_states"],
       key=["model_id"], tolerance=1e-4,
       repair=update_row("ml_training", "rl_model_states", ["model_id"],
-                        why_not="total_episodes/total_rewards are missing, so avg_reward cannot be computed"))
+                        why_not="total_episodes/total_rewards are missing, so avg_reward cannot be computed"),
+      guards=[Guard("ml_training.rl_model_states", ("INSERT", "UPDATE OF hyperparameters"),
+                    "toolkit_avg_reward_problem(NEW.hyperparameters) IS NOT NULL",
+                    "hyperparameters must carry avg_reward = total_rewards / max(total_episodes, 1)",
+                    {"toolkit_avg_reward_problem": lambda h: (rl_average_reward_problem(h, 1e-4) or (None,))[0]})])
 def rl_state_missing_avg_reward(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
     """RL model states whose hyperparameters lack a correct avg_reward (seed 000, finding 6)."""
     tolerance = ctx.tolerance(rule_)
@@ -95,8 +102,26 @@ def rl_state_missing_avg_reward(ctx: CheckContext, rule_: Rule) -> Iterator[Viol
                             fix=fix, was=was)
 
 
+def qtable_problem(q_table: object) -> str | None:
+    """Why a Q-table (its JSON text) is not safe to load (None if every key is a plain state literal)."""
+    try:
+        table = json.loads(q_table) if isinstance(q_table, str) else None
+    except (ValueError, RecursionError):
+        table = None
+    if not isinstance(table, dict):
+        return "q_table is not a JSON object"
+    for key in table:
+        problem = state_key_problem(key)
+        if problem is not None:
+            return f"key {key[:40]!r}: {problem}"
+    return None
+
+
 @rule("qtable_unsafe_keys", severity="CRITICAL", databases=["ml_training"], reads=["ml_training.rl_model_states"],
-      key=["model_id", "state"], remedy="never eval the key; remove the entry or retrain the model state")
+      key=["model_id", "state"],
+      guards=[Guard("ml_training.rl_model_states", ("INSERT", "UPDATE OF q_table"), "toolkit_qtable_problem(NEW.q_table) IS NOT NULL",
+                    "Q-table keys must be plain state-tuple literals", {"toolkit_qtable_problem": qtable_problem})],
+      remedy="never eval the key; remove the entry or retrain the model state")
 def qtable_unsafe_keys(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
     """Q-table keys that are not plain state-tuple literals (parsed safely, never evaluated)."""
     cursor = ctx.conn.execute("SELECT model_id, q_table FROM ml_training.rl_model_states ORDER BY model_id")

@@ -3,23 +3,42 @@ order's fill aggregates)."""
 from __future__ import annotations
 
 from toolkit.repair.model import update_row
-from toolkit.rules.model import rule
+from toolkit.rules.model import Guard, rule
 
-__all__ = ["RULES", "EXPECTED_STATUS"]
+__all__ = ["RULES", "EXPECTED_STATUS", "expected_status"]
 
-#: The status an order must have given its fills. Orders that ended cancelled or expired keep that
-#: status; otherwise the fills decide (the same expression the repair writes).
-EXPECTED_STATUS = """CASE
-        WHEN round(fills_quantity - quantity, 9) >= 0 THEN 'filled'
-        WHEN fills_quantity > 0 THEN CASE WHEN status IN ('cancelled', 'expired') THEN status ELSE 'partially_filled' END
-        WHEN status IN ('pending', 'submitted', 'rejected', 'cancelled', 'expired') THEN status
+def expected_status(fills_quantity: str, quantity: str, status: str) -> str:
+    """The status an order must have given its fills (SQL over the given expressions). Orders that
+    ended cancelled or expired keep that status; otherwise the fills decide."""
+    return f"""CASE
+        WHEN round({fills_quantity} - {quantity}, 9) >= 0 THEN 'filled'
+        WHEN {fills_quantity} > 0 THEN CASE WHEN {status} IN ('cancelled', 'expired') THEN {status} ELSE 'partially_filled' END
+        WHEN {status} IN ('pending', 'submitted', 'rejected', 'cancelled', 'expired') THEN {status}
         ELSE 'submitted' END"""
+
+
+#: The rule, its repair and the guard all use this one definition.
+EXPECTED_STATUS = expected_status("fills_quantity", "quantity", "status")
+
+_GUARDS = (
+    Guard("trading.orders", ("INSERT",),
+          "NEW.filled_quantity <> 0 OR NEW.filled_avg_price IS NOT NULL OR NEW.status IN ('filled', 'partially_filled')",
+          "a new order has no fills yet: insert it unfilled, insert its fills, then update its fill fields"),
+    Guard("trading.orders", ("UPDATE OF filled_quantity, filled_avg_price, status, quantity",),
+          "EXISTS (SELECT 1 FROM trading.v_order_fill_stats AS v WHERE v.order_id = NEW.order_id AND ("
+          "round(NEW.filled_quantity - v.fills_quantity, 9) <> 0 "
+          "OR (NEW.filled_avg_price IS NULL) <> (v.fills_avg_price IS NULL) "
+          "OR abs(NEW.filled_avg_price - v.fills_avg_price) > {tolerance} "
+          f"OR NEW.status <> {expected_status('v.fills_quantity', 'NEW.quantity', 'NEW.status')}))",
+          "an order's filled quantity, average price and status must agree with its fills"),
+)
 
 
 @rule("order_fill_mismatch", severity="MEDIUM", databases=["trading"],
       reads=["trading.orders", "trading.fills", "trading.v_order_fill_stats"], key=["order_id", "fill_id"],
       repair=update_row("trading", "orders", ["order_id"],
-                        why_not="a fill of an unknown order, or fills beyond the order quantity, need a hand fix"))
+                        why_not="a fill of an unknown order, or fills beyond the order quantity, need a hand fix"),
+      guards=_GUARDS)
 def order_fill_mismatch():
     """Orders whose filled quantity, average price or status disagree with their fills; fills of unknown orders."""
     return f"""

@@ -154,6 +154,18 @@ ON CONFLICT (ticker, side) DO UPDATE SET
 
 
 
+def _writes(method):
+    """Run a TradeStore write as the trade writer: the guarded connection lets it write the ledger."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._conn.trusted("trade writer"):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class TradeStore:
     """Record trades and read the ledger of a data directory (``positions`` and ``trading``).
 
@@ -161,16 +173,18 @@ class TradeStore:
     busy timeout for another writer. Use as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, where: Settings | str | Path, *, busy_timeout: float | None = None,
-                 factory: type[sqlite3.Connection] = sqlite3.Connection) -> None:
+    def __init__(self, where: Settings | str | Path, *, busy_timeout: float | None = None) -> None:
+        from .guard.connection import connect_guarded
+
         settings = where if isinstance(where, Settings) else load_settings(where)
         self.settings = settings
         paths = {"trading": settings.path("trading"), "positions": settings.path("positions")}
         missing = [p for p in paths.values() if not p.exists()]
         if missing:
             raise NotInitialisedError(f"{missing[0]}: does not exist", hint="run `migrate upgrade` first")
-        self._conn = open_databases(paths, readonly=False, factory=factory,
-                                    busy_timeout=busy_timeout if busy_timeout is not None else settings.busy_timeout)
+        # The writer uses the same guarded connection a bot gets; its own writes run "trusted".
+        self._conn = connect_guarded(settings, names=("trading", "positions"),
+                                     busy_timeout=busy_timeout if busy_timeout is not None else settings.busy_timeout)
         tables = {r[0] for r in self._conn.execute("SELECT name FROM trading.sqlite_master WHERE type = 'table'")}
         if not {"trades", "lot_matches", "account"} <= tables:
             self._conn.close()
@@ -203,6 +217,7 @@ class TradeStore:
 
     # -- the account -------------------------------------------------------------------------------
 
+    @_writes
     def open_account(self, starting_capital: float, *, at: int | None = None, currency: str = "USD") -> float:
         """Create the account with its starting capital (idempotent for the same capital)."""
         if not (isinstance(starting_capital, (int, float)) and math.isfinite(starting_capital) and starting_capital >= 0):
@@ -225,6 +240,7 @@ class TradeStore:
             raise
         return float(starting_capital)
 
+    @_writes
     def adjust_cash(self, amount: float, reason: str, *, at: int | None = None) -> float:
         """Record a deposit (+), withdrawal (−) or labelled correction; returns the new cash balance."""
         if not (isinstance(amount, (int, float)) and math.isfinite(amount) and amount != 0):
@@ -265,6 +281,7 @@ class TradeStore:
                 book.sell(trade_id, quantity, price, executed_at)
         return book
 
+    @_writes
     def record(
         self,
         ticker: str,

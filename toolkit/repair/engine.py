@@ -440,10 +440,19 @@ def apply_repairs(
     with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="integrity repair --apply"):
         result.reconciled = reconcile_repair_log(settings)
         _prepare_files(settings)
-        factory = connection_factory or (lambda paths: open_databases(paths, readonly=False, busy_timeout=settings.busy_timeout,
-                                                                      cache_kib=65_536))
-        conn = factory(_paths(settings))
+        if connection_factory is not None:
+            conn = connection_factory(_paths(settings))
+        else:
+            # Repairs write through the guarded connection, as trusted code: they may correct derived
+            # columns and the positions projection, but can never delete a ledger row or touch what a
+            # trade executed at (the authorizer refuses it, whatever a planner asks).
+            from ..guard.connection import connect_guarded
+
+            conn = connect_guarded(settings)
+            conn.execute("PRAGMA cache_size = -65536")
+        trust = conn.trusted("repair") if hasattr(conn, "trusted") else _no_trust()
         try:
+            trust.__enter__()
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -500,11 +509,20 @@ def apply_repairs(
                 conn.execute("ROLLBACK")
             raise
         finally:
+            trust.__exit__(None, None, None)
             conn.close()
         result.seconds = time.perf_counter() - clock
         _record_run(settings, result)
         result.reconciled += reconcile_repair_log(settings)
     return result
+
+
+class _no_trust:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
 
 
 # -- the log in migrations.db ------------------------------------------------------------------------

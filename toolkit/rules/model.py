@@ -21,7 +21,7 @@ from ..errors import RuleDefinitionError
 if TYPE_CHECKING:  # pragma: no cover
     from ..repair.model import RepairPlanner
 
-__all__ = ["Severity", "Violation", "Rule", "Scan", "CheckContext", "rule", "fingerprint"]
+__all__ = ["Severity", "Violation", "Rule", "Scan", "Guard", "CheckContext", "rule", "fingerprint"]
 
 _ID = re.compile(r"^[a-z][a-z0-9_]{2,63}$")
 
@@ -77,6 +77,9 @@ class Violation:
         for name in ("stored", "computed", "difference", "tolerance"):
             value = getattr(self, name)
             if value is not None:
+                # JSON has no NaN/Infinity (SQLite does store Inf): reports and history get text instead.
+                if isinstance(value, float) and (value != value or abs(value) == float("inf")):
+                    value = "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
                 data[name] = value
         return data
 
@@ -109,6 +112,22 @@ class CheckContext:
 
 
 @dataclass(frozen=True)
+class Guard:
+    """A row-level invariant a guarded connection enforces, declared by the rule that detects its
+    breach: a TEMP trigger ``BEFORE <event> ON <table> WHEN <when>`` that aborts the statement.
+
+    ``when`` may use ``{tolerance}`` (the rule's tolerance) and the SQL functions in ``functions``
+    (name -> Python callable, registered on the guarded connection).
+    """
+
+    table: str                       # "trading.portfolio_snapshots"
+    events: tuple[str, ...]          # ("INSERT", "UPDATE OF total_equity, cash_balance")
+    when: str
+    reason: str
+    functions: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Scan:
     """A pass several rules share: ``run(ctx, rules)`` yields violations for the selected rules."""
 
@@ -136,6 +155,8 @@ class Rule:
     sound_files_only: bool = True
     #: For rules without an automatic repair: what a person should do instead.
     remedy: str = ""
+    #: Row-level invariants a guarded connection enforces so the fault cannot be written at all.
+    guards: tuple[Guard, ...] = ()
 
     @property
     def repairable(self) -> bool:
@@ -180,6 +201,7 @@ def rule(
     repair: RepairPlanner | None = None,
     sound_files_only: bool = True,
     remedy: str = "",
+    guards: Iterable[Guard] = (),
     **options: Any,
 ) -> Callable[[Callable], Rule]:
     """Build a :class:`Rule` from a function; its docstring's first line is the description.
@@ -195,7 +217,8 @@ def rule(
         source = f"{func.__module__}.{func.__qualname__}"
         common = dict(id=id, severity=Severity.parse(severity), description=_doc_line(func),
                       databases=tuple(databases), reads=tuple(reads), key=tuple(key), repair=repair,
-                      options=dict(options), source=source, sound_files_only=sound_files_only, remedy=remedy)
+                      options=dict(options), source=source, sound_files_only=sound_files_only, remedy=remedy,
+                      guards=tuple(guards))
         if scan is not None:
             return Rule(scan=scan, **common).validate()
         if func.__code__.co_argcount == 0:

@@ -1,0 +1,255 @@
+"""The guarded connection a bot opens its databases with, and the rollback-only session.
+
+Guardrails (``connect_guarded``):
+
+- an SQLite authorizer (``toolkit.guard.policy.guard_decision``): PRAGMA writes only from an
+  allowlist; no ATTACH/DETACH (so no VACUUM); no DDL; the trade ledger and the positions projection
+  are written only inside ``conn.trusted(...)`` (the trade writer, repairs), and even there ledger
+  rows are never deleted and executed columns never updated;
+- row-level invariants as TEMP triggers, declared by the rules that detect their breach (an opening
+  leg with P&L, a trade without run id or with an implausible ticker, equity that is not cash + long
+  − short, order fields that disagree with fills, unsafe Q-table keys...). TEMP triggers live on
+  this connection only: the files' schema never changes;
+- foreign keys enforced; ``executescript`` refused (it commits an open transaction first).
+
+A refusal raises :class:`~toolkit.errors.GuardrailViolation` naming the statement and the reason.
+
+The rollback-only session (``rollback_only``) opens one transaction that can only end in ROLLBACK:
+COMMIT, END, a full ROLLBACK, RELEASE of its outer savepoint, ATTACH/DETACH, VACUUM, PRAGMA writes,
+``commit()``, ``executescript`` and replacing the authorizer are refused while it is open; it rolls
+back on every exit (normal, exception, KeyboardInterrupt), and afterwards proves the content of every
+attached database unchanged (a logical hash of each table and the schema). A process killed inside
+it leaves nothing either: nothing was ever committed.
+"""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..config import DATABASES, Settings, load_settings
+from ..db import open_databases, quote_ident, table_hashes
+from ..errors import GuardrailViolation, IsolationBreach
+from .policy import guard_decision, session_decision
+
+__all__ = ["GuardedConnection", "connect_guarded", "rollback_only", "SESSION_SAVEPOINT", "install_guards"]
+
+SESSION_SAVEPOINT = "_toolkit_session"
+
+
+def _screen(conn: GuardedConnection, sql: str) -> None:
+    """VACUUM is refused before SQLite sees it (inside a transaction SQLite fails it without asking)."""
+    if (conn._guardrails or conn._session is not None) and sql.lstrip().upper().startswith("VACUUM"):
+        raise GuardrailViolation("VACUUM is not allowed on a guarded connection or in a rollback-only session", sql)
+
+
+class GuardedCursor(sqlite3.Cursor):
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:  # type: ignore[override]
+        conn: GuardedConnection = self.connection  # type: ignore[assignment]
+        _screen(conn, sql)
+        conn._denial = None
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.DatabaseError as exc:
+            raise conn._translate(exc, sql) from exc
+
+    def executemany(self, sql: str, seq: Iterable[Any], /) -> sqlite3.Cursor:  # type: ignore[override]
+        conn: GuardedConnection = self.connection  # type: ignore[assignment]
+        _screen(conn, sql)
+        conn._denial = None
+        try:
+            return super().executemany(sql, seq)
+        except sqlite3.DatabaseError as exc:
+            raise conn._translate(exc, sql) from exc
+
+    def executescript(self, *_: Any) -> sqlite3.Cursor:  # type: ignore[override]
+        raise GuardrailViolation("executescript is refused: it commits any open transaction first; run statements one by one")
+
+
+class GuardedConnection(sqlite3.Connection):
+    """A connection whose statements pass the guardrails (and, inside a session, the session's)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guardrails = False
+        self._ready = False
+        self._trusted: list[str] = []
+        self._session: str | None = None
+        self._denial: str | None = None
+
+    # -- the authorizer ----------------------------------------------------------------------------
+    def _authorize(self, action: int, arg1: str | None, arg2: str | None, database: str | None, _: str | None) -> int:
+        if not self._ready:
+            return sqlite3.SQLITE_OK
+        reason = None
+        if self._session is not None:
+            reason = session_decision(action, arg1, arg2, database, self._session)
+        if reason is None and self._guardrails:
+            reason = guard_decision(action, arg1, arg2, database, self._trusted[-1] if self._trusted else None)
+        if reason is None:
+            return sqlite3.SQLITE_OK
+        if self._denial is None:
+            self._denial = reason
+        return sqlite3.SQLITE_DENY
+
+    def _translate(self, exc: sqlite3.DatabaseError, sql: str) -> BaseException:
+        text = str(exc)
+        if self._denial is not None and ("not authorized" in text or "authorization denied" in text):
+            reason, self._denial = self._denial, None
+            return GuardrailViolation(reason, sql)
+        if "guardrail:" in text:
+            return GuardrailViolation(text.split("guardrail:", 1)[1].strip(), sql)
+        if self._guardrails and "FOREIGN KEY constraint failed" in text:
+            return GuardrailViolation("foreign key constraint: the row refers to a row that does not exist", sql)
+        return exc
+
+    # -- statements ----------------------------------------------------------------------------------
+    def cursor(self, factory: type[sqlite3.Cursor] = GuardedCursor) -> sqlite3.Cursor:  # type: ignore[override]
+        return super().cursor(factory)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:  # type: ignore[override]
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq: Iterable[Any], /) -> sqlite3.Cursor:  # type: ignore[override]
+        return self.cursor().executemany(sql, seq)
+
+    def executescript(self, *_: Any) -> sqlite3.Cursor:  # type: ignore[override]
+        raise GuardrailViolation("executescript is refused: it commits any open transaction first; run statements one by one")
+
+    def commit(self) -> None:
+        if self._session is not None:
+            raise GuardrailViolation("commit() is refused inside a rollback-only session")
+        super().commit()
+
+    def set_authorizer(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        if self._ready:
+            raise GuardrailViolation("the authorizer of a guarded connection cannot be replaced")
+        super().set_authorizer(*args, **kwargs)
+
+    def enable_load_extension(self, *_: Any) -> None:  # type: ignore[override]
+        raise GuardrailViolation("loading extensions is not allowed on a guarded connection")
+
+    @property  # type: ignore[override]
+    def isolation_level(self) -> str | None:
+        return sqlite3.Connection.isolation_level.__get__(self)  # type: ignore[attr-defined]
+
+    @isolation_level.setter
+    def isolation_level(self, value: str | None) -> None:
+        if value is not None:
+            raise GuardrailViolation("a guarded connection keeps isolation_level=None (explicit transactions only)")
+        sqlite3.Connection.isolation_level.__set__(self, value)  # type: ignore[attr-defined]
+
+    # -- trust -----------------------------------------------------------------------------------------
+    @contextmanager
+    def trusted(self, who: str) -> Iterator[GuardedConnection]:
+        """Statements in this block may write the ledger and the positions projection (the trade
+        writer, repairs). The never-delete and immutable-execution rules still hold."""
+        self._trusted.append(who)
+        try:
+            yield self
+        finally:
+            self._trusted.pop()
+
+    @property
+    def guardrails(self) -> bool:
+        return self._guardrails
+
+    @property
+    def in_session(self) -> bool:
+        return self._session is not None
+
+
+def install_guards(conn: sqlite3.Connection, settings: Settings, attached: Iterable[str]) -> int:
+    """Create the TEMP triggers the rules declare (for the attached databases); returns how many."""
+    from ..rules.registry import load_registry
+
+    present = set(attached)
+    count = 0
+    for rule in load_registry(settings):
+        for n, guard in enumerate(rule.guards):
+            database = guard.table.split(".", 1)[0]
+            if database not in present:
+                continue
+            for name, function in guard.functions.items():
+                conn.create_function(name, function.__code__.co_argcount, function, deterministic=True)
+            tolerance = float(settings.rule_options.get(rule.id, {}).get("tolerance", rule.options.get("tolerance", settings.tolerance)))
+            condition = guard.when.replace("{tolerance}", repr(tolerance))
+            message = f"guardrail: {rule.id}: {guard.reason}".replace("'", "''")
+            for m, event in enumerate(guard.events):
+                table = ".".join(quote_ident(part) for part in guard.table.split(".", 1))
+                conn.execute(
+                    f"CREATE TEMP TRIGGER {quote_ident(f'guard_{rule.id}_{n}_{m}')} BEFORE {event} ON {table} "
+                    f"FOR EACH ROW WHEN {condition} BEGIN SELECT RAISE(ABORT, '{message}'); END")
+                count += 1
+    return count
+
+
+def connect_guarded(
+    where: Settings | str | Path,
+    *,
+    guardrails: bool = True,
+    names: Iterable[str] = DATABASES,
+    busy_timeout: float | None = None,
+) -> GuardedConnection:
+    """Open the databases (attached as ``positions``, ``trading``, ``ml_training``) for a bot.
+
+    With ``guardrails=False`` the connection behaves like a plain one (no authorizer rules, no
+    guard triggers, foreign keys off) — the adversarial harness uses that to prove its attacks are
+    detected; the rollback-only session still applies.
+    """
+    settings = where if isinstance(where, Settings) else load_settings(where)
+    chosen = list(names)
+    conn = open_databases({n: settings.path(n) for n in chosen}, readonly=False, factory=GuardedConnection,
+                          busy_timeout=busy_timeout if busy_timeout is not None else settings.busy_timeout)
+    assert isinstance(conn, GuardedConnection)
+    try:
+        if guardrails:
+            install_guards(conn, settings, chosen)
+        else:
+            conn.execute("PRAGMA foreign_keys = OFF")
+        sqlite3.Connection.set_authorizer(conn, conn._authorize)
+        conn._guardrails = guardrails
+        conn._ready = True
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _hashes(conn: sqlite3.Connection, schemas: Iterable[str]) -> dict[str, dict[str, str]]:
+    return {schema: table_hashes(conn, schema) for schema in schemas}
+
+
+@contextmanager
+def rollback_only(conn: GuardedConnection, *, schemas: Iterable[str] | None = None,
+                  prove: bool = True) -> Iterator[GuardedConnection]:
+    """A transaction that always ends in ROLLBACK, and a proof that nothing changed.
+
+    Raises :class:`IsolationBreach` (exit code 4) naming the tables whose content changed.
+    """
+    if not isinstance(conn, GuardedConnection):
+        raise TypeError("rollback_only needs a connection from connect_guarded()")
+    if conn.in_transaction:
+        raise GuardrailViolation("a rollback-only session must start outside a transaction")
+    names = list(schemas) if schemas is not None else [
+        r[1] for r in conn.execute("PRAGMA database_list") if r[1] not in ("main", "temp")]
+    before = _hashes(conn, names) if prove else {}
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(f"SAVEPOINT {SESSION_SAVEPOINT}")
+    conn._session = SESSION_SAVEPOINT
+    try:
+        yield conn
+    finally:
+        conn._session = None
+        if conn.in_transaction:
+            sqlite3.Connection.execute(conn, "ROLLBACK")
+    if prove:
+        after = _hashes(conn, names)
+        changed = [f"{schema}.{table}" for schema in names for table in set(before[schema]) | set(after[schema])
+                   if before[schema].get(table) != after[schema].get(table)]
+        if changed:
+            raise IsolationBreach(
+                f"a rollback-only session changed {', '.join(changed[:5])}" + (" ..." if len(changed) > 5 else ""),
+                hint="something committed outside the session (another connection?); inspect the data and restore a backup")

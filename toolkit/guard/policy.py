@@ -1,0 +1,117 @@
+"""What a guarded connection refuses, as one pure decision per authorizer call.
+
+SQLite asks the authorizer about every action while it compiles a statement (a table written, a
+column updated, a PRAGMA, an ATTACH...). These functions answer with ``None`` (allow) or the reason
+for a refusal; ``toolkit.guard.connection`` turns a refusal into a :class:`GuardrailViolation`.
+"""
+from __future__ import annotations
+
+import sqlite3
+
+__all__ = [
+    "LEDGER_TABLES",
+    "PROJECTION_TABLES",
+    "NO_DELETE",
+    "EXECUTED_COLUMNS",
+    "PRAGMA_WRITES",
+    "PRAGMA_READS_WITH_ARGUMENT",
+    "guard_decision",
+    "session_decision",
+]
+
+#: The trade ledger: written only by the trade writer and by repairs (a "trusted" context).
+LEDGER_TABLES = frozenset({("trading", "trades"), ("trading", "lot_matches"), ("trading", "account"),
+                           ("trading", "account_adjustments")})
+#: positions.db projects the ledger: written only by the trade writer and by repairs.
+PROJECTION_TABLES = frozenset({("positions", "positions"), ("positions", "closed_positions")})
+#: Ledger rows are never deleted, not even by trusted code.
+NO_DELETE = frozenset({("trading", "trades"), ("trading", "lot_matches"), ("trading", "account_adjustments")})
+#: What a trade executed at is history: never updated, not even by trusted code.
+EXECUTED_COLUMNS = frozenset({"trade_id", "run_id", "ticker", "action", "quantity", "price", "commission",
+                              "executed_at", "is_close"})
+
+#: PRAGMAs a guarded connection may set, with the values allowed (None: any value).
+PRAGMA_WRITES: dict[str, frozenset[str] | None] = {
+    "busy_timeout": None,
+    "cache_size": None,
+    "temp_store": None,
+    "mmap_size": None,
+    "analysis_limit": None,
+    "optimize": None,
+    "foreign_keys": frozenset({"1", "on", "true", "yes"}),
+    "query_only": frozenset({"1", "on", "true", "yes"}),
+}
+#: PRAGMAs that take an argument but only read (the authorizer shows it as a value).
+PRAGMA_READS_WITH_ARGUMENT = frozenset({
+    "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list",
+    "foreign_key_check", "integrity_check", "quick_check", "table_list", "pragma_list", "function_list",
+    "module_list", "collation_list", "database_list", "compile_options",
+})
+
+_DDL = {
+    sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_TRIGGER, sqlite3.SQLITE_CREATE_VIEW,
+    sqlite3.SQLITE_DROP_INDEX, sqlite3.SQLITE_DROP_TABLE, sqlite3.SQLITE_DROP_TRIGGER, sqlite3.SQLITE_DROP_VIEW,
+    sqlite3.SQLITE_ALTER_TABLE, sqlite3.SQLITE_CREATE_VTABLE, sqlite3.SQLITE_DROP_VTABLE, sqlite3.SQLITE_REINDEX,
+    sqlite3.SQLITE_CREATE_TEMP_INDEX, sqlite3.SQLITE_CREATE_TEMP_TABLE, sqlite3.SQLITE_CREATE_TEMP_TRIGGER,
+    sqlite3.SQLITE_CREATE_TEMP_VIEW, sqlite3.SQLITE_DROP_TEMP_INDEX, sqlite3.SQLITE_DROP_TEMP_TABLE,
+    sqlite3.SQLITE_DROP_TEMP_TRIGGER, sqlite3.SQLITE_DROP_TEMP_VIEW,
+}
+_TEMP_DDL = {sqlite3.SQLITE_CREATE_TEMP_TABLE, sqlite3.SQLITE_DROP_TEMP_TABLE, sqlite3.SQLITE_CREATE_TEMP_INDEX,
+             sqlite3.SQLITE_DROP_TEMP_INDEX}
+
+
+def _pragma(name: str | None, value: str | None) -> str | None:
+    name = (name or "").lower()
+    if value is None or name in PRAGMA_READS_WITH_ARGUMENT:
+        return None
+    if name in PRAGMA_WRITES:
+        allowed = PRAGMA_WRITES[name]
+        if allowed is None or value.strip().strip("'\"").lower() in allowed:
+            return None
+    return f"PRAGMA {name} = {value} is not allowed (only reads, and {', '.join(sorted(PRAGMA_WRITES))} writes)"
+
+
+def guard_decision(action: int, arg1: str | None, arg2: str | None, database: str | None, trusted: str | None) -> str | None:
+    """The guardrails of a bot's connection: None to allow, else why not."""
+    if action == sqlite3.SQLITE_PRAGMA:
+        return _pragma(arg1, arg2)
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return "ATTACH/DETACH (and VACUUM, which attaches) is not allowed on a guarded connection"
+    if action in _DDL:
+        if action in _TEMP_DDL and database in (None, "temp"):
+            return None
+        return "schema changes go through the migration runner (`migrate upgrade`), not a bot's connection"
+    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() == "load_extension":
+        return "loading extensions is not allowed on a guarded connection"
+    if action not in (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE):
+        return None
+    target = (database or "main", arg1 or "")
+    if action == sqlite3.SQLITE_DELETE and target in NO_DELETE:
+        return f"DELETE from {target[1]} is refused: ledger rows are never deleted (correct them with a repair)"
+    if action == sqlite3.SQLITE_UPDATE and target == ("trading", "trades") and (arg2 or "") in EXECUTED_COLUMNS:
+        return f"UPDATE of trades.{arg2} is refused: what a trade executed at is history"
+    if action == sqlite3.SQLITE_UPDATE and target == ("trading", "account_adjustments"):
+        return "UPDATE of account_adjustments is refused: record a new labelled adjustment instead"
+    if trusted is None and target in LEDGER_TABLES:
+        return f"the trade ledger ({target[1]}) is written only through the trade writer (toolkit.ledger.TradeStore)"
+    if trusted is None and target in PROJECTION_TABLES:
+        return f"{target[1]} is a projection of the ledger, written only by the trade writer and repairs"
+    return None
+
+
+def session_decision(action: int, arg1: str | None, arg2: str | None, database: str | None, outer: str) -> str | None:
+    """What a rollback-only session refuses: anything that would commit or escape its transaction."""
+    if action == sqlite3.SQLITE_TRANSACTION:
+        verb = (arg1 or "").upper()
+        if verb == "COMMIT":
+            return "COMMIT/END would commit the rollback-only session"
+        if verb == "ROLLBACK":
+            return "ROLLBACK would end the session's transaction (use ROLLBACK TO a savepoint)"
+        return "the session's transaction is already open"
+    if action == sqlite3.SQLITE_SAVEPOINT and (arg1 or "").upper() == "RELEASE" and (arg2 or "").lower() == outer.lower():
+        return "RELEASE of the session's outer savepoint would commit it"
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return "ATTACH/DETACH and VACUUM are not allowed in a rollback-only session"
+    if action == sqlite3.SQLITE_PRAGMA:
+        return _pragma(arg1, arg2)
+    return None
