@@ -28,7 +28,8 @@ _TICKER = re.compile(TICKER_PATTERN)
 
 
 def is_plausible_ticker(value: object) -> bool:
-    return isinstance(value, str) and _TICKER.match(value) is not None
+    # fullmatch: with match(), "$" also matches before a trailing newline, so "AAPL\n" passed
+    return isinstance(value, str) and _TICKER.fullmatch(value) is not None
 
 
 def is_finite_number(value: object) -> bool:
@@ -52,6 +53,10 @@ def trade_problems(
         problems.append(f"action must be BUY or SELL, got {action!r}")
     if not is_finite_number(quantity) or quantity <= 0:
         problems.append(f"quantity must be a finite number > 0, got {quantity!r}")
+    elif round(quantity, 9) == 0:
+        # Quantities are kept to 1e-9 (SPEC §3): such a lot could never be matched, and a SELL of it
+        # would be recorded without any lot match.
+        problems.append(f"quantity {quantity!r} is 0 at the ledger's 1e-9 quantity precision")
     if not is_finite_number(price) or price <= 0:
         problems.append(f"price must be a finite number > 0, got {price!r}")
     if not is_finite_number(commission) or commission < 0:

@@ -118,13 +118,16 @@ def render_json(report: CheckReport) -> str:
 
 
 def render_junit(report: CheckReport) -> str:
-    """One testcase per rule; a blocking rule fails (or errors); a non-blocking finding is a note."""
+    """One testcase per rule; a blocking rule fails (or errors); a non-blocking finding is a note.
+
+    A skipped rule blocks the gate (it could not be checked), so it is an ``<error>``, not a JUnit
+    ``<skipped>`` that CI dashboards would show as harmless."""
     suites = ET.Element("testsuites", name="integrity", tests=str(len(report.results)), time=f"{report.seconds:.3f}")
     suite = ET.SubElement(
         suites, "testsuite", name="integrity check", tests=str(len(report.results)),
         failures=str(sum(1 for r in report.results if r.status == "failed" and r.blocks(report.fail_on))),
-        errors=str(sum(1 for r in report.results if r.status == "error")),
-        skipped=str(sum(1 for r in report.results if r.status == "skipped")),
+        errors=str(sum(1 for r in report.results if r.status in ("error", "skipped"))),
+        skipped="0",
         time=f"{report.seconds:.3f}", timestamp=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(report.started_at)))
     for result in report.results:
         case = ET.SubElement(suite, "testcase", classname=f"integrity.{result.rule.severity.name}",
@@ -134,7 +137,7 @@ def render_junit(report: CheckReport) -> str:
         if result.status == "error":
             ET.SubElement(case, "error", message=str(result.error), type="RuleError").text = result.error
         elif result.status == "skipped":
-            ET.SubElement(case, "skipped", message=str(result.reason))
+            ET.SubElement(case, "error", message=f"skipped: {result.reason}", type="RuleSkipped").text = result.reason
         elif result.status == "failed" and result.blocks(report.fail_on):
             ET.SubElement(case, "failure", message=f"{result.count} violation(s): {result.rule.description}",
                           type=result.rule.severity.name).text = body
@@ -187,7 +190,8 @@ def render_sarif(report: CheckReport) -> str:
             notifications.append({
                 "level": "error",
                 "message": {"text": f"{result.rule.id} {result.status}: {result.error or result.reason}"},
-                "descriptor": {"id": result.rule.id, "index": index[result.rule.id]},
+                # `descriptor` would index tool.driver.notifications; the rule is the associatedRule
+                "associatedRule": {"id": result.rule.id, "index": index[result.rule.id]},
             })
     sarif = {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",

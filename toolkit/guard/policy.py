@@ -15,6 +15,7 @@ __all__ = [
     "EXECUTED_COLUMNS",
     "PRAGMA_WRITES",
     "PRAGMA_READS_WITH_ARGUMENT",
+    "SESSION_FORBIDDEN_PRAGMAS",
     "guard_decision",
     "session_decision",
 ]
@@ -41,6 +42,14 @@ PRAGMA_WRITES: dict[str, frozenset[str] | None] = {
     "foreign_keys": frozenset({"1", "on", "true", "yes"}),
     "query_only": frozenset({"1", "on", "true", "yes"}),
 }
+#: PRAGMAs that could end, escape or outlive a rollback-only session's transaction (or write
+#: outside its pages): refused in a session even without guardrails.
+SESSION_FORBIDDEN_PRAGMAS = frozenset({
+    "journal_mode", "locking_mode", "wal_checkpoint", "wal_autocheckpoint", "writable_schema", "incremental_vacuum",
+    "auto_vacuum", "page_size", "schema_version", "user_version", "application_id", "secure_delete",
+    "temp_store_directory", "data_store_directory", "max_page_count", "journal_size_limit", "synchronous",
+})
+
 #: PRAGMAs that take an argument but only read (the authorizer shows it as a value).
 PRAGMA_READS_WITH_ARGUMENT = frozenset({
     "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list",
@@ -112,6 +121,6 @@ def session_decision(action: int, arg1: str | None, arg2: str | None, database: 
         return "RELEASE of the session's outer savepoint would commit it"
     if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
         return "ATTACH/DETACH and VACUUM are not allowed in a rollback-only session"
-    if action == sqlite3.SQLITE_PRAGMA:
-        return _pragma(arg1, arg2)
+    if action == sqlite3.SQLITE_PRAGMA and arg2 is not None and (arg1 or "").lower() in SESSION_FORBIDDEN_PRAGMAS:
+        return f"PRAGMA {arg1} = {arg2} could end or outlive the rollback-only session's transaction"
     return None

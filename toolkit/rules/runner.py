@@ -193,14 +193,16 @@ def execute_rules(
     accepted: frozenset[str] | None = None,
     collect: bool = False,
     observe: Callable[[Violation], None] | None = None,
+    precheck: bool = True,
 ) -> list[RuleResult]:
     """Run rules on an open context (also used by repair verification and the adversarial harness).
 
     ``observe`` sees every violation (before the baseline), e.g. to count them per scope.
+    ``precheck=False`` skips the quick_check of the files (the caller knows they are sound).
     """
     results = {r.id: RuleResult(r) for r in rules}
     collectors = {r.id: _Collector(results[r.id], sample, accepted, collect, observe) for r in rules}
-    damaged = _file_state(ctx, sorted({d for r in rules for d in r.databases}))
+    damaged = _file_state(ctx, sorted({d for r in rules for d in r.databases})) if precheck else {}
     runnable: list[Rule] = []
     for item in rules:
         reason = None

@@ -1,0 +1,168 @@
+"""`integrity adversarial`: run the attack catalogue inside one rollback-only session.
+
+For each attack: ``SAVEPOINT``, count the violations of the rules it targets (on the tickers it
+touches), run it, count again, ``ROLLBACK TO``. With guardrails on, an attack must be refused; with
+them off, it must go through and every rule it targets must find more than before. Escape attempts
+must be refused by the session in both modes. At the end the session rolls back and proves every
+database unchanged; a difference is an isolation breach (exit code 4).
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..config import DATABASES, Settings
+from ..errors import GuardrailViolation, IsolationBreach, UnknownNameError
+from ..rules.model import CheckContext
+from ..rules.registry import Registry, load_registry
+from ..rules.runner import execute_rules
+from .connection import connect_guarded, rollback_only
+
+__all__ = ["AttackOutcome", "HarnessReport", "run_attacks", "load_attacks"]
+
+
+@dataclass
+class AttackOutcome:
+    id: str
+    description: str
+    kind: str
+    targets: tuple[str, ...]
+    outcome: str                    # blocked | detected | refused | gap
+    detail: str = ""
+    detected_by: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class HarnessReport:
+    data_dir: str
+    guardrails: bool
+    outcomes: list[AttackOutcome] = field(default_factory=list)
+    breach: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def gaps(self) -> list[AttackOutcome]:
+        return [o for o in self.outcomes if o.outcome == "gap"]
+
+    @property
+    def exit_code(self) -> int:
+        if self.breach:
+            return 4
+        return 1 if self.gaps else 0
+
+
+def load_attacks():
+    from ..fixtures.attacks import ATTACKS
+
+    return list(ATTACKS)
+
+
+def _count(conn: sqlite3.Connection, settings: Settings, rules: list, tickers: set[str] | None) -> dict[str, int]:
+    if not rules:
+        return {}
+    ctx = CheckContext(conn, settings, tickers=frozenset(tickers) if tickers else None)
+    results = execute_rules(ctx, rules, sample=0, precheck=False)
+    counts = {}
+    for result in results:
+        counts[result.rule.id] = -1 if result.status in ("error", "skipped") else result.count
+    return counts
+
+
+def run_attacks(
+    settings: Settings,
+    *,
+    guardrails: bool = True,
+    attack_ids: Sequence[str] | None = None,
+    registry: Registry | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> HarnessReport:
+    """Run the attacks; the report says, per attack, blocked / detected by which rules / gap."""
+    say = progress or (lambda _: None)
+    registry = registry or load_registry(settings)
+    attacks = load_attacks()
+    if attack_ids:
+        known = {a.id: a for a in attacks}
+        for attack_id in attack_ids:
+            if attack_id not in known:
+                raise UnknownNameError("attack", attack_id, known)
+        attacks = [a for a in attacks if a.id in set(attack_ids)]
+    from ..fixtures.attacks import AttackContext
+
+    report = HarnessReport(str(settings.data_dir), guardrails)
+    clock = time.perf_counter()
+    conn = connect_guarded(settings, guardrails=guardrails)
+    try:
+        try:
+            with rollback_only(conn, schemas=DATABASES):
+                for n, attack in enumerate(attacks, 1):
+                    say(f"[{n}/{len(attacks)}] {attack.id}")
+                    report.outcomes.append(_one(conn, settings, registry, attack, AttackContext, guardrails))
+                    if report.outcomes[-1].outcome == "gap" and not conn.in_transaction:
+                        report.breach = f"{attack.id} ended the session's transaction"
+                        break
+        except IsolationBreach as exc:
+            report.breach = exc.message
+    finally:
+        conn.close()
+    report.seconds = time.perf_counter() - clock
+    return report
+
+
+def _one(conn, settings: Settings, registry: Registry, attack, context_type, guardrails: bool) -> AttackOutcome:
+    """Run one attack in its own savepoint. Counts: after the attack (on the tickers it touched),
+    then, rolled back to the savepoint, the same counts before it."""
+    started = time.perf_counter()
+    outcome = AttackOutcome(attack.id, attack.description, attack.kind, attack.targets, "gap")
+    rules = [registry[r] for r in attack.targets if r in registry]
+    missing = [r for r in attack.targets if r not in registry]
+    savepoint = f"attack_{attack.id}"
+    conn.execute(f'SAVEPOINT "{savepoint}"')
+    try:
+        ctx = context_type(conn)
+        reason = ""
+        try:
+            attack.run(ctx)
+            applied = True
+        except GuardrailViolation as exc:
+            applied, reason = False, exc.reason
+        except sqlite3.Error as exc:
+            applied, reason = False, f"SQLite refused it: {exc}"
+        except LookupError as exc:
+            outcome.detail = f"could not run: {exc}"
+            return outcome
+        if attack.kind == "escape":
+            if applied:
+                outcome.detail = "the session did not refuse it"
+            else:
+                outcome.outcome, outcome.detail = "refused", reason
+            return outcome
+        if not applied:
+            if guardrails:
+                outcome.outcome, outcome.detail = "blocked", reason
+            else:
+                outcome.detail = f"not applied without guardrails ({reason})"
+            return outcome
+        if guardrails:
+            outcome.detail = "the guardrails let it through"
+            return outcome
+        after = _count(conn, settings, rules, ctx.tickers)
+        sqlite3.Connection.execute(conn, f'ROLLBACK TO "{savepoint}"')
+        before = _count(conn, settings, rules, ctx.tickers)
+        outcome.detected_by = [r.id for r in rules if after.get(r.id, 0) > max(before.get(r.id, 0), 0)]
+        undetected = [r for r in attack.targets if r not in outcome.detected_by]
+        if missing:
+            outcome.detail = f"targets unknown rules: {', '.join(missing)}"
+        elif undetected:
+            outcome.detail = f"applied, not detected by {', '.join(undetected)}"
+        else:
+            outcome.outcome = "detected"
+            outcome.detail = "detected by " + ", ".join(outcome.detected_by)
+        return outcome
+    finally:
+        outcome.seconds = time.perf_counter() - started
+        if conn.in_transaction:
+            sqlite3.Connection.execute(conn, f'ROLLBACK TO "{savepoint}"')
+            sqlite3.Connection.execute(conn, f'RELEASE "{savepoint}"')
