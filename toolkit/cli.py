@@ -577,6 +577,44 @@ def integrity_demo(ctx: click.Context, trades: int, seed: int) -> int:
     return run_demo(_settings(ctx), trades=trades, seed=seed, echo=click.echo)
 
 
+@integrity_group.command("adversarial")
+@click.option("--disable-guardrails", is_flag=True,
+              help="Run the attacks on a plain connection: each must then be detected by the rules it targets.")
+@click.option("--attack", "attack_ids", multiple=True, metavar="ID", help="Only this attack (repeatable).")
+@click.option("--list", "list_only", is_flag=True, help="List the attacks and exit.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True, help="Output format.")
+@click.pass_context
+def integrity_adversarial(ctx: click.Context, disable_guardrails: bool, attack_ids: tuple[str, ...], list_only: bool,
+                          fmt: str) -> int:
+    """Attack the real databases inside one rollback-only session (nothing can persist).
+
+    Guardrails on: every attack must be blocked. --disable-guardrails: every attack must be
+    detected by the rules it targets. Exit 1 on a gap, 4 if the data changed (isolation breach).
+    """
+    from dataclasses import asdict
+
+    from .guard.harness import load_attacks, run_attacks
+
+    if list_only:
+        click.echo(_table([[a.id, a.kind, ", ".join(a.targets) or "-", a.description] for a in load_attacks()],
+                          ["attack", "kind", "targets", "description"]))
+        return EXIT_OK
+    report = run_attacks(_settings(ctx), guardrails=not disable_guardrails, attack_ids=list(attack_ids) or None,
+                         progress=_progress())
+    if fmt == "json":
+        click.echo(_json({"schema_version": 1, "data_dir": report.data_dir, "guardrails": report.guardrails,
+                          "exit_code": report.exit_code, "breach": report.breach, "seconds": round(report.seconds, 3),
+                          "attacks": [asdict(o) for o in report.outcomes]}))
+    else:
+        click.echo(_table([[o.outcome.upper() if o.outcome == "gap" else o.outcome, o.id, ", ".join(o.targets) or "-",
+                            o.detail[:100]] for o in report.outcomes], ["outcome", "attack", "targets", "detail"]))
+        mode = "guardrails on" if report.guardrails else "guardrails disabled"
+        click.echo(f"{len(report.outcomes)} attacks ({mode}): {len(report.gaps)} gap(s); "
+                   + (f"ISOLATION BREACH: {report.breach}" if report.breach else "data unchanged (content hash proven)")
+                   + f"; {report.seconds:.2f} s")
+    return report.exit_code
+
+
 # -- entry points ----------------------------------------------------------------------------------
 
 @click.group(name="toolkit", context_settings=CONTEXT)

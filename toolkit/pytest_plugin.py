@@ -1,0 +1,57 @@
+"""pytest plugin (entry point ``pytest11``): write adversarial tests that cannot leak.
+
+    def test_bot_cannot_delete_trades(rolled_back_db):
+        with pytest.raises(GuardrailViolation):
+            rolled_back_db.execute("DELETE FROM trading.trades")
+
+``rolled_back_db`` is a guarded connection to the databases (attached as ``positions``, ``trading``,
+``ml_training``) inside a rollback-only session: whatever the test does is rolled back, and the
+fixture fails the test if the databases' content changed anyway. Mark a test
+``@pytest.mark.toolkit_guardrails(False)`` to attack a plain connection instead (foreign keys off, no
+guard triggers) — still inside the session. The data directory comes from ``--toolkit-data-dir``,
+the ``toolkit_data_dir`` ini option, ``TOOLKIT_DATA_DIR``, or ``./data``.
+
+Imports of the toolkit happen inside the fixtures, so installing the toolkit costs other test
+suites nothing.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("toolkit", "paper-ledger-toolkit")
+    group.addoption("--toolkit-data-dir", default=None, help="data directory for the rolled_back_db fixture")
+    parser.addini("toolkit_data_dir", "data directory for the rolled_back_db fixture", default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "toolkit_guardrails(enabled): run rolled_back_db with (default) or without the guardrails")
+
+
+@pytest.fixture
+def toolkit_settings(request: pytest.FixtureRequest) -> Any:
+    """The toolkit settings the fixtures use (data directory from option, ini, env or ./data)."""
+    from toolkit.config import load_settings
+
+    data_dir = request.config.getoption("--toolkit-data-dir") or request.config.getini("toolkit_data_dir") or None
+    return load_settings(data_dir)
+
+
+@pytest.fixture
+def rolled_back_db(request: pytest.FixtureRequest, toolkit_settings: Any) -> Iterator[Any]:
+    """A guarded connection inside a rollback-only session; proves the data unchanged afterwards."""
+    from toolkit.guard.connection import connect_guarded, rollback_only
+
+    marker = request.node.get_closest_marker("toolkit_guardrails")
+    guardrails = bool(marker.args[0]) if marker and marker.args else True
+    conn = connect_guarded(toolkit_settings, guardrails=guardrails)
+    try:
+        with rollback_only(conn) as session:
+            yield session
+    finally:
+        conn.close()
