@@ -241,7 +241,7 @@ def migrate_status(ctx: click.Context, as_json: bool) -> int:
     _print_reconciled(report.reconciled if not report.reconcile_pending else [])
     if report.reconcile_pending:
         for note in report.reconciled:
-            _echo_err(f"to reconcile (not written while {report.lock_holder} holds the lock): {note}")
+            _echo_err(f"to reconcile (not written: {report.not_written}): {note}")
     click.echo(f"data dir: {report.data_dir} ({report.data_dir_source})")
     if not report.initialised:
         click.echo("not initialised: run `migrate upgrade` to create the databases")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..config import DATABASES, Settings
+from ..db import is_read_only
 from ..errors import LockTimeoutError
 from ..history import open_history
 from ..lock import data_dir_lock, read_holder
@@ -39,6 +40,7 @@ class StatusReport:
     reconciled: list[str] = field(default_factory=list)
     reconcile_pending: bool = False
     lock_holder: str | None = None
+    not_written: str | None = None     # why the reconciliation was only reported
 
     @property
     def up_to_date(self) -> bool:
@@ -56,7 +58,16 @@ def status(settings: Settings) -> StatusReport:
     initialised = settings.data_dir.is_dir() and settings.history_path.exists()
     states = read_states(settings, DATABASES)
     report = StatusReport(str(settings.data_dir), settings.data_dir_source, initialised, [])
-    if initialised:
+    if initialised and is_read_only(settings.history_path):
+        history = open_history(settings, readonly=True)
+        assert history is not None
+        try:
+            report.reconciled = reconcile(history, states, migrations, write=False)
+            report.reconcile_pending = bool(report.reconciled)
+            report.not_written = f"{settings.history_path.name} is read-only"
+        finally:
+            history.close()
+    elif initialised:
         try:
             with data_dir_lock(settings.lock_path, timeout=0, command="migrate status"):
                 history = open_history(settings)
@@ -68,6 +79,7 @@ def status(settings: Settings) -> StatusReport:
         except LockTimeoutError:
             holder = read_holder(settings.lock_path)
             report.lock_holder = holder.describe() if holder else "another process"
+            report.not_written = f"{report.lock_holder} holds the lock"
             history = open_history(settings, readonly=True)
             assert history is not None
             try:
