@@ -1,4 +1,4 @@
-"""Orders against their fills (through the view ``v_order_fill_stats``, the one definition of an
+"""Orders against their fills (through the view ``v_order_fills``, the one definition of an
 order's fill aggregates)."""
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ _GUARDS = (
           "NEW.filled_quantity <> 0 OR NEW.filled_avg_price IS NOT NULL OR NEW.status IN ('filled', 'partially_filled')",
           "a new order has no fills yet: insert it unfilled, insert its fills, then update its fill fields"),
     Guard("trading.orders", ("UPDATE OF filled_quantity, filled_avg_price, status, quantity",),
-          "EXISTS (SELECT 1 FROM trading.v_order_fill_stats AS v WHERE v.order_id = NEW.order_id AND ("
+          "EXISTS (SELECT 1 FROM trading.v_order_fills AS v WHERE v.order_id = NEW.order_id AND ("
           "round(NEW.filled_quantity - v.fills_quantity, 9) <> 0 "
           "OR (NEW.filled_avg_price IS NULL) <> (v.fills_avg_price IS NULL) "
           "OR abs(NEW.filled_avg_price - v.fills_avg_price) > {tolerance} "
@@ -35,7 +35,7 @@ _GUARDS = (
 
 
 @rule("order_fill_mismatch", severity="MEDIUM", databases=["trading"],
-      reads=["trading.orders", "trading.fills", "trading.v_order_fill_stats"], key=["order_id", "fill_id"],
+      reads=["trading.orders", "trading.fills", "trading.v_order_fills"], key=["order_id", "fill_id"],
       repair=update_row("trading", "orders", ["order_id"],
                         why_not="a fill of an unknown order, or fills beyond the order quantity, need a hand fix"),
       guards=_GUARDS)
@@ -59,7 +59,7 @@ def order_fill_mismatch():
                fills_quantity AS fix_filled_quantity, fills_avg_price AS fix_filled_avg_price,
                {EXPECTED_STATUS} AS fix_status,
                filled_quantity AS was_filled_quantity, filled_avg_price AS was_filled_avg_price, status AS was_status
-        FROM trading.v_order_fill_stats
+        FROM trading.v_order_fills
         WHERE round(filled_quantity - fills_quantity, 9) <> 0
            OR (filled_avg_price IS NULL) <> (fills_avg_price IS NULL)
            OR abs(filled_avg_price - fills_avg_price) > :tolerance

@@ -1,7 +1,8 @@
 """Create the trading tables: orders, fills, portfolio snapshots, performance metrics, and views.
 
-``v_order_fill_stats`` is the one definition of an order's fill aggregates (quantity, volume-weighted
-price, commission); the order/fill integrity rule and its repair read it.
+``v_order_fills`` is the one definition of an order's fill aggregates (quantity, volume-weighted
+price, commission); the order/fill integrity rule, its repair and the guard read it, and
+``v_order_fill_stats`` adds the first and last fill times for reading.
 
 Enumerations of more than two values are written as OR chains, not IN lists: SQLite builds a
 temporary table for an IN list of more than two constants on every insert (about 4 µs per row for
@@ -57,7 +58,8 @@ CREATE TABLE fills (
     metadata     TEXT    CHECK (metadata IS NULL OR json_valid(metadata))
 );
 
-CREATE INDEX idx_fills_order_id ON fills (order_id, quantity, price, commission);
+-- Covers every fill column the per-order aggregates read, so they never touch the table.
+CREATE INDEX idx_fills_order_id ON fills (order_id, quantity, price, commission, filled_at);
 CREATE INDEX idx_fills_ticker ON fills (ticker);
 CREATE INDEX idx_fills_filled_at ON fills (filled_at DESC);
 CREATE INDEX idx_fills_position_id ON fills (position_id);
@@ -120,26 +122,41 @@ FROM orders
 ORDER BY submitted_at DESC, order_id DESC
 LIMIT 100;
 
-CREATE VIEW v_order_fill_stats AS
+CREATE VIEW v_order_fills AS
 SELECT
     o.order_id,
-    o.ticker,
-    o.side,
     o.quantity,
     o.status,
     o.filled_quantity,
     o.filled_avg_price,
     o.commission,
-    COUNT(f.fill_id)                                       AS fill_count,
+    COUNT(f.order_id)                                      AS fill_count,
     COALESCE(SUM(f.quantity), 0)                           AS fills_quantity,
     CASE WHEN SUM(f.quantity) > 0
          THEN SUM(f.quantity * f.price) / SUM(f.quantity) END AS fills_avg_price,
-    COALESCE(SUM(f.commission), 0)                         AS fills_commission,
-    datetime(MIN(f.filled_at), 'unixepoch')                AS first_fill_at,
-    datetime(MAX(f.filled_at), 'unixepoch')                AS last_fill_at
+    COALESCE(SUM(f.commission), 0)                         AS fills_commission
 FROM orders AS o
 LEFT JOIN fills AS f ON f.order_id = o.order_id
 GROUP BY o.order_id;
+
+CREATE VIEW v_order_fill_stats AS
+SELECT
+    v.order_id,
+    o.ticker,
+    o.side,
+    v.quantity,
+    v.status,
+    v.filled_quantity,
+    v.filled_avg_price,
+    v.commission,
+    v.fill_count,
+    v.fills_quantity,
+    v.fills_avg_price,
+    v.fills_commission,
+    (SELECT datetime(MIN(f.filled_at), 'unixepoch') FROM fills AS f WHERE f.order_id = v.order_id) AS first_fill_at,
+    (SELECT datetime(MAX(f.filled_at), 'unixepoch') FROM fills AS f WHERE f.order_id = v.order_id) AS last_fill_at
+FROM v_order_fills AS v
+JOIN orders AS o ON o.order_id = v.order_id;
 
 CREATE VIEW v_equity_curve AS
 SELECT
@@ -171,6 +188,7 @@ DOWNGRADE = """
 DROP VIEW v_performance_summary;
 DROP VIEW v_equity_curve;
 DROP VIEW v_order_fill_stats;
+DROP VIEW v_order_fills;
 DROP VIEW v_recent_orders;
 DROP TABLE performance_metrics;
 DROP TABLE portfolio_snapshots;

@@ -40,6 +40,14 @@ CREATE INDEX idx_trades_run_id ON trades (run_id);
 CREATE INDEX idx_trades_executed_at ON trades (executed_at);
 -- Opening legs must never carry realized P&L; this partial index stays empty on a sound ledger.
 CREATE INDEX idx_trades_opening_leg_pnl ON trades (trade_id) WHERE action = 'BUY' AND realized_pnl IS NOT NULL;
+-- Rows that are invalid on their own (checks/ledger.py INVALID_TRADE repeats this WHERE, so the
+-- trade_row_invalid rule reads this index; on a sound ledger it is empty).
+CREATE INDEX idx_trades_invalid ON trades (trade_id) WHERE run_id IS NULL OR trim(run_id) = ''
+           OR typeof(quantity) NOT IN ('real', 'integer') OR quantity <= 0 OR abs(quantity) > 1e300
+           OR typeof(price) NOT IN ('real', 'integer') OR price <= 0 OR abs(price) > 1e300
+           OR typeof(commission) NOT IN ('real', 'integer') OR commission < 0 OR abs(commission) > 1e300
+           OR typeof(executed_at) <> 'integer'
+           OR action NOT IN ('BUY', 'SELL') OR is_close <> (action = 'SELL');
 
 CREATE TABLE lot_matches (
     close_trade_id  INTEGER NOT NULL REFERENCES trades (trade_id),

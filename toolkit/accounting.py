@@ -174,6 +174,9 @@ class Position(NamedTuple):
     lots: int
 
 
+_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (a hot path)
+
+
 class OutOfOrderError(ValueError):
     """A trade fed to a book before one it follows in (executed_at, trade_id) order."""
 
@@ -192,18 +195,24 @@ class TickerBook:
         self.lots: deque[Lot] = deque()
         self._last: tuple[int, int] | None = None
 
-    def _advance(self, executed_at: int, trade_id: int) -> None:
-        key = (executed_at, trade_id)
-        if self._last is not None and key <= self._last:
-            raise OutOfOrderError(
-                f"{self.ticker}: trade {trade_id} at {executed_at} does not follow trade "
-                f"{self._last[1]} at {self._last[0]} in (executed_at, trade_id) order"
-            )
-        self._last = key
+    def _out_of_order(self, executed_at: int, trade_id: int) -> None:
+        assert self._last is not None
+        raise OutOfOrderError(
+            f"{self.ticker}: trade {trade_id} at {executed_at} does not follow trade "
+            f"{self._last[1]} at {self._last[0]} in (executed_at, trade_id) order"
+        )
+
+    # buy() and sell() run once per trade for every ledger check, so they avoid method calls and
+    # build their tuples directly; the arithmetic is the same in every path (stored values written
+    # by an earlier version compare equal to the exact bit).
 
     def buy(self, trade_id: int, quantity: float, price: float, executed_at: int) -> Lot:
         """Open a lot."""
-        self._advance(executed_at, trade_id)
+        key = (executed_at, trade_id)
+        last = self._last
+        if last is not None and key <= last:
+            self._out_of_order(executed_at, trade_id)
+        self._last = key
         lot = Lot(trade_id, executed_at, quantity, price)
         self.lots.append(lot)
         return lot
@@ -218,17 +227,39 @@ class TickerBook:
 
     def sell(self, trade_id: int, quantity: float, price: float, executed_at: int) -> Close:
         """Close ``quantity`` FIFO. What the open lots cannot cover is reported as ``shortfall``."""
-        self._advance(executed_at, trade_id)
+        key = (executed_at, trade_id)
+        last = self._last
+        if last is not None and key <= last:
+            self._out_of_order(executed_at, trade_id)
+        self._last = key
         lots = self.lots
+        if lots and quantity >= QTY_EPSILON and lots[0].remaining > quantity:
+            # The common case: the first open lot covers the whole SELL (one match).
+            lot = lots[0]
+            piece = (price - lot.price) * quantity
+            match = _new(Match, (trade_id, lot.trade_id, quantity, lot.price, price, piece, executed_at))
+            lot.matched_quantity += quantity
+            lot.matched_value += price * quantity
+            lot.realized_pnl += piece
+            lot.last_exit_time = executed_at
+            rest = lot.remaining - quantity
+            if rest < QTY_EPSILON:
+                lot.remaining = 0.0
+                lots.popleft()
+                closed: tuple[Lot, ...] = (lot,)
+            else:
+                lot.remaining = rest
+                closed = ()
+            return _new(Close, (trade_id, quantity, price, executed_at, (match,), 0.0 + piece, lot.trade_id, 0.0, closed))
         want = quantity
         matches: list[Match] = []
-        closed: list[Lot] = []
+        consumed: list[Lot] = []
         pnl = 0.0
         while want >= QTY_EPSILON and lots:
             lot = lots[0]
             take = lot.remaining if lot.remaining <= want else want
             piece = (price - lot.price) * take
-            matches.append(Match(trade_id, lot.trade_id, take, lot.price, price, piece, executed_at))
+            matches.append(_new(Match, (trade_id, lot.trade_id, take, lot.price, price, piece, executed_at)))
             pnl += piece
             lot.matched_quantity += take
             lot.matched_value += price * take
@@ -239,14 +270,12 @@ class TickerBook:
             if rest < QTY_EPSILON:
                 lot.remaining = 0.0
                 lots.popleft()
-                closed.append(lot)
+                consumed.append(lot)
             else:
                 lot.remaining = rest
         shortfall = want if want >= QTY_EPSILON else 0.0
-        return Close(
-            trade_id, quantity, price, executed_at, tuple(matches), pnl,
-            matches[0].entry_trade_id if matches else None, shortfall, tuple(closed),
-        )
+        return _new(Close, (trade_id, quantity, price, executed_at, tuple(matches), pnl,
+                            matches[0].entry_trade_id if matches else None, shortfall, tuple(consumed)))
 
     def position(self) -> Position | None:
         """The open position (``None`` when flat)."""

@@ -359,6 +359,7 @@ def _registry(settings):
 
 
 @integrity_group.command("check")
+@_global_options(late=True)
 @click.option("--rule", "rule_ids", multiple=True, metavar="ID", help="Only this rule (repeatable); default: all.")
 @click.option("--fail-on", type=click.Choice(SEVERITIES, case_sensitive=False), default="HIGH", show_default=True,
               help="Exit 1 when a violation at or above this severity remains after the baseline.")
@@ -398,6 +399,7 @@ def integrity_check(ctx: click.Context, rule_ids: tuple[str, ...], fail_on: str,
 
 
 @integrity_group.command("list")
+@_global_options(late=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def integrity_list(ctx: click.Context, as_json: bool) -> int:
@@ -418,6 +420,7 @@ def integrity_baseline() -> None:
 
 
 @integrity_baseline.command("create")
+@_global_options(late=True)
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--rule", "rule_ids", multiple=True, metavar="ID", help="Only this rule (repeatable).")
 @click.pass_context
@@ -438,6 +441,7 @@ def integrity_baseline_create(ctx: click.Context, file: Path, rule_ids: tuple[st
 
 
 @integrity_baseline.command("prune")
+@_global_options(late=True)
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=False))
 @click.pass_context
 def integrity_baseline_prune(ctx: click.Context, file: Path) -> int:
@@ -454,6 +458,7 @@ def integrity_baseline_prune(ctx: click.Context, file: Path) -> int:
 
 
 @integrity_group.command("history")
+@_global_options(late=True)
 @click.argument("run_id", required=False)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -488,6 +493,7 @@ def integrity_history(ctx: click.Context, run_id: str | None, limit: int, as_jso
 
 
 @integrity_group.group("repair", invoke_without_command=True)
+@_global_options(late=True)
 @click.option("--rule", "rule_ids", multiple=True, metavar="ID", help="Only this rule's repair (repeatable); default: all.")
 @click.option("--apply", "do_apply", is_flag=True, help="Apply the repairs (default: only print the plan).")
 @click.option("--yes", is_flag=True, help="Apply without asking (required without a terminal).")
@@ -528,6 +534,7 @@ def integrity_repair(ctx: click.Context, rule_ids: tuple[str, ...], do_apply: bo
 
 
 @integrity_repair.command("undo")
+@_global_options(late=True)
 @click.argument("run_id")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
 @click.pass_context
@@ -546,6 +553,7 @@ def integrity_repair_undo(ctx: click.Context, run_id: str, yes: bool) -> int:
 
 
 @integrity_repair.command("log")
+@_global_options(late=True)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
@@ -567,6 +575,7 @@ def integrity_repair_log(ctx: click.Context, limit: int, as_json: bool) -> int:
 
 
 @integrity_group.command("demo")
+@_global_options(late=True)
 @click.option("--trades", type=click.IntRange(min=200), default=5_000, show_default=True, help="Trades in the demo session.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the demo session.")
 @click.pass_context
@@ -578,6 +587,7 @@ def integrity_demo(ctx: click.Context, trades: int, seed: int) -> int:
 
 
 @integrity_group.command("adversarial")
+@_global_options(late=True)
 @click.option("--disable-guardrails", is_flag=True,
               help="Run the attacks on a plain connection: each must then be detected by the rules it targets.")
 @click.option("--attack", "attack_ids", multiple=True, metavar="ID", help="Only this attack (repeatable).")

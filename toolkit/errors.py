@@ -5,7 +5,6 @@ Exit codes (SPEC §5): 0 ok · 1 check/verify found problems · 2 usage error ·
 """
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 __all__ = [
@@ -174,4 +173,6 @@ class IsolationBreach(ToolkitError):
 
 def suggest(name: str, known: Iterable[str], n: int = 2) -> list[str]:
     """Close matches for a mistyped name (difflib, as sqlglot and click do)."""
+    import difflib  # only when a name is wrong: keeps start-up lean
+
     return difflib.get_close_matches(str(name), list(known), n=n, cutoff=0.5)

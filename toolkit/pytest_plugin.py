@@ -17,6 +17,7 @@ suites nothing.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,8 +39,14 @@ def toolkit_settings(request: pytest.FixtureRequest) -> Any:
     """The toolkit settings the fixtures use (data directory from option, ini, env or ./data)."""
     from toolkit.config import load_settings
 
-    data_dir = request.config.getoption("--toolkit-data-dir") or request.config.getini("toolkit_data_dir") or None
-    return load_settings(data_dir)
+    data_dir = request.config.getoption("--toolkit-data-dir")
+    if not data_dir and request.config.getini("toolkit_data_dir"):
+        # Like pytest's own path options, a relative ini value is relative to the ini file, not to
+        # the directory pytest happens to be run from.
+        data_dir = Path(request.config.getini("toolkit_data_dir"))
+        if not data_dir.is_absolute() and request.config.inipath is not None:
+            data_dir = request.config.inipath.parent / data_dir
+    return load_settings(data_dir or None)
 
 
 @pytest.fixture

@@ -123,6 +123,12 @@ class GuardedConnection(sqlite3.Connection):
             raise GuardrailViolation("commit() is refused inside a rollback-only session")
         super().commit()
 
+    def rollback(self) -> None:
+        # A full ROLLBACK would end the session's transaction (later writes would then autocommit).
+        if self._session is not None:
+            raise GuardrailViolation("rollback() would end the session's transaction (use ROLLBACK TO a savepoint)")
+        super().rollback()
+
     def set_authorizer(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         if self._ready:
             raise GuardrailViolation("the authorizer of a guarded connection cannot be replaced")
@@ -137,6 +143,9 @@ class GuardedConnection(sqlite3.Connection):
 
     @isolation_level.setter
     def isolation_level(self, value: str | None) -> None:
+        # Even None is refused in a session: sqlite3 COMMITs an open transaction when it is set.
+        if self._session is not None:
+            raise GuardrailViolation("setting isolation_level is refused inside a rollback-only session (it commits)")
         if value is not None:
             raise GuardrailViolation("a guarded connection keeps isolation_level=None (explicit transactions only)")
         sqlite3.Connection.isolation_level.__set__(self, value)  # type: ignore[attr-defined]
@@ -245,11 +254,17 @@ def rollback_only(conn: GuardedConnection, *, schemas: Iterable[str] | None = No
         conn._session = None
         if conn.in_transaction:
             sqlite3.Connection.execute(conn, "ROLLBACK")
-    if prove:
-        after = _hashes(conn, names)
-        changed = [f"{schema}.{table}" for schema in names for table in set(before[schema]) | set(after[schema])
-                   if before[schema].get(table) != after[schema].get(table)]
-        if changed:
-            raise IsolationBreach(
-                f"a rollback-only session changed {', '.join(changed[:5])}" + (" ..." if len(changed) > 5 else ""),
-                hint="something committed outside the session (another connection?); inspect the data and restore a backup")
+        # The proof runs on every exit: a body that got something committed and then raised must
+        # not hide the breach behind its exception (which stays chained as the breach's context).
+        if prove:
+            _prove(conn, names, before)
+
+
+def _prove(conn: sqlite3.Connection, names: list[str], before: dict[str, dict[str, str]]) -> None:
+    after = _hashes(conn, names)
+    changed = [f"{schema}.{table}" for schema in names for table in set(before[schema]) | set(after[schema])
+               if before[schema].get(table) != after[schema].get(table)]
+    if changed:
+        raise IsolationBreach(
+            f"a rollback-only session changed {', '.join(changed[:5])}" + (" ..." if len(changed) > 5 else ""),
+            hint="something committed outside the session (another connection?); inspect the data and restore a backup")

@@ -133,6 +133,11 @@ def _one(conn, settings: Settings, registry: Registry, attack, context_type, gua
         except LookupError as exc:
             outcome.detail = f"could not run: {exc}"
             return outcome
+        if not conn.in_transaction:
+            # It got out of the session (committed or ended it): a gap whatever else it did; its
+            # savepoint is gone, and the caller stops the run and proves the data.
+            outcome.detail = "it ended the session's transaction" + (f" ({reason})" if reason else "")
+            return outcome
         if attack.kind == "escape":
             if applied:
                 outcome.detail = "the session did not refuse it"

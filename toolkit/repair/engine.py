@@ -179,8 +179,10 @@ def _from_census(rule: Rule, census: RuleResult) -> RulePlan | None:
     if census.count == 0:
         return RulePlan(rule)
     if rule.repair is None:
-        return RulePlan(rule, status="not repairable", violations=census.count,
-                        reason=f"no automatic repair: {rule.remedy}" if rule.remedy else "no automatic repair")
+        reason = f"no automatic repair: {rule.remedy}" if rule.remedy else "no automatic repair"
+        # The plan names the rows it leaves alone (from the census samples), not just the rule.
+        return RulePlan(rule, status="not repairable", violations=census.count, untouched=census.count,
+                        untouched_samples=[Untouched(rule.id, v.key, reason) for v in census.samples], reason=reason)
     return None
 
 
@@ -227,7 +229,7 @@ def plan_repairs(settings: Settings, *, rule_ids: Iterable[str] | None = None, s
     conn = open_databases(_paths(settings), readonly=True, busy_timeout=settings.busy_timeout, cache_kib=65_536)
     try:
         ctx = CheckContext(conn, settings, progress=progress)
-        census = {r.rule.id: r for r in execute_rules(ctx, rules, sample=0)}
+        census = {r.rule.id: r for r in execute_rules(ctx, rules, sample=sample)}
         ctx.want_fixes = True
         result = RepairPlan(str(settings.data_dir))
         for rule in rules:

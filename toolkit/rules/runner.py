@@ -185,6 +185,30 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _run_one(ctx: CheckContext, item: Rule, result: RuleResult, collector: _Collector) -> None:
+    started = time.perf_counter()
+    try:
+        produced = _sql_violations(ctx, item) if item.sql is not None else item.check(ctx, item)  # type: ignore[misc]
+        for violation in produced:
+            collector.add(violation)
+    except Exception as exc:
+        result.status, result.error = "error", _describe(exc)
+    result.seconds = time.perf_counter() - started
+
+
+def _run_scan(ctx: CheckContext, scan: Scan, members: dict[str, Rule], results: dict[str, RuleResult],
+              collectors: dict[str, _Collector]) -> None:
+    started = time.perf_counter()
+    try:
+        for violation in scan.run(ctx, members):
+            collectors[violation.rule_id].add(violation)
+    except Exception as exc:
+        for rule_id in members:
+            results[rule_id].status, results[rule_id].error = "error", _describe(exc)
+    for rule_id in members:
+        results[rule_id].seconds = time.perf_counter() - started
+
+
 def execute_rules(
     ctx: CheckContext,
     rules: Sequence[Rule],
@@ -194,58 +218,88 @@ def execute_rules(
     collect: bool = False,
     observe: Callable[[Violation], None] | None = None,
     precheck: bool = True,
+    worker: Callable[[], sqlite3.Connection] | None = None,
 ) -> list[RuleResult]:
     """Run rules on an open context (also used by repair verification and the adversarial harness).
 
     ``observe`` sees every violation (before the baseline), e.g. to count them per scope.
     ``precheck=False`` skips the quick_check of the files (the caller knows they are sound).
+    ``worker`` opens a second connection: then quick_check and the SQL-bound rules run on it in a
+    thread (SQLite releases the GIL while it works) while this thread runs the Python scans, and
+    rules reading a file that turns out damaged are reported as skipped afterwards.
     """
     results = {r.id: RuleResult(r) for r in rules}
     collectors = {r.id: _Collector(results[r.id], sample, accepted, collect, observe) for r in rules}
-    damaged = _file_state(ctx, sorted({d for r in rules for d in r.databases})) if precheck else {}
+    databases = sorted({d for r in rules for d in r.databases})
     runnable: list[Rule] = []
     for item in rules:
-        reason = None
-        if item.sound_files_only:
-            reason = next((damaged[d] for d in item.databases if d in damaged), None) or _missing_tables(ctx, item)
+        reason = _missing_tables(ctx, item) if item.sound_files_only else None
         if reason is not None:
             results[item.id].status, results[item.id].reason = "skipped", reason
         else:
             runnable.append(item)
     scans: dict[str, tuple[Scan, dict[str, Rule]]] = {}
-    order: list[tuple[str, object]] = []
+    others: list[Rule] = []
     for item in runnable:
         if item.scan is not None:
-            if item.scan.name not in scans:
-                scans[item.scan.name] = (item.scan, {})
-                order.append(("scan", item.scan.name))
-            scans[item.scan.name][1][item.id] = item
+            scans.setdefault(item.scan.name, (item.scan, {}))[1][item.id] = item
         else:
-            order.append(("rule", item))
-    for position, (kind, what) in enumerate(order, 1):
-        started = time.perf_counter()
-        if kind == "scan":
-            scan, members = scans[what]  # type: ignore[index]
-            ctx.say(f"[{position}/{len(order)}] {scan.name} scan ({', '.join(members)})")
+            others.append(item)
+
+    def other_rules(on: CheckContext, damaged: dict[str, str]) -> None:
+        for position, item in enumerate(others, 1):
+            reason = next((damaged[d] for d in item.databases if d in damaged), None) if item.sound_files_only else None
+            if reason is not None:
+                results[item.id].status, results[item.id].reason = "skipped", reason
+                continue
+            on.say(f"[{position}/{len(others)}] {item.id}")
+            _run_one(on, item, results[item.id], collectors[item.id])
+
+    if worker is not None and scans and others:
+        import threading
+
+        shared: dict[str, object] = {}
+
+        def work() -> None:
+            conn = worker()
             try:
-                for violation in scan.run(ctx, members):
-                    collectors[violation.rule_id].add(violation)
-            except Exception as exc:
-                for rule_id in members:
-                    results[rule_id].status, results[rule_id].error = "error", _describe(exc)
-            spent = time.perf_counter() - started
-            for rule_id in members:
-                results[rule_id].seconds = spent
-        else:
-            item = what  # type: ignore[assignment]
-            ctx.say(f"[{position}/{len(order)}] {item.id}")
-            try:
-                produced = _sql_violations(ctx, item) if item.sql is not None else item.check(ctx, item)  # type: ignore[misc]
-                for violation in produced:
-                    collectors[item.id].add(violation)
-            except Exception as exc:
-                results[item.id].status, results[item.id].error = "error", _describe(exc)
-            results[item.id].seconds = time.perf_counter() - started
+                on = CheckContext(conn, ctx.settings, tickers=ctx.tickers, progress=ctx.progress, want_fixes=ctx.want_fixes)
+                damaged = _file_state(on, databases) if precheck else {}
+                shared["damaged"] = damaged
+                shared["quick_check"] = on.cache.get("quick_check", {})
+                other_rules(on, damaged)
+            except BaseException as exc:  # reported below, on this thread
+                shared["error"] = exc
+            finally:
+                conn.close()
+
+        thread = threading.Thread(target=work, name="integrity-sql-rules")
+        thread.start()
+        for scan, members in scans.values():
+            ctx.say(f"{scan.name} scan ({', '.join(members)})")
+            _run_scan(ctx, scan, members, results, collectors)
+        thread.join()
+        if "error" in shared:
+            raise shared["error"]  # type: ignore[misc]
+        ctx.cache["quick_check"] = shared.get("quick_check", {})
+        damaged = shared.get("damaged", {})  # type: ignore[assignment]
+        for _, members in scans.values():
+            for item in members.values():
+                reason = next((damaged[d] for d in item.databases if d in damaged), None)  # type: ignore[index]
+                if reason is not None:
+                    results[item.id] = RuleResult(item, status="skipped", reason=reason)
+    else:
+        damaged = _file_state(ctx, databases) if precheck else {}
+        for scan, members in scans.values():
+            blocked = {i: next((damaged[d] for d in r.databases if d in damaged), None) for i, r in members.items()}
+            for rule_id, reason in blocked.items():
+                if reason is not None:
+                    results[rule_id].status, results[rule_id].reason = "skipped", reason
+            live = {i: r for i, r in members.items() if blocked[i] is None}
+            if live:
+                ctx.say(f"{scan.name} scan ({', '.join(live)})")
+                _run_scan(ctx, scan, live, results, collectors)
+        other_rules(ctx, damaged)
     for result in results.values():
         if result.status == "passed" and result.count:
             result.status = "failed"
@@ -275,10 +329,13 @@ def run_checks(
         check_file(path, must_exist=True)
     report = CheckReport(new_run_id("chk"), time.time(), str(settings.data_dir), fail_on, sample, baseline=baseline_name)
     clock = time.perf_counter()
-    conn = open_databases(paths, readonly=True, busy_timeout=settings.busy_timeout, cache_kib=65_536)
+    def connection() -> sqlite3.Connection:
+        return open_databases(paths, readonly=True, busy_timeout=settings.busy_timeout, cache_kib=32_768)
+
+    conn = connection()
     try:
         ctx = CheckContext(conn, settings, progress=progress)
-        report.results = execute_rules(ctx, rules, sample=sample, accepted=accepted, collect=collect)
+        report.results = execute_rules(ctx, rules, sample=sample, accepted=accepted, collect=collect, worker=connection)
     finally:
         conn.close()
     report.seconds = time.perf_counter() - clock
