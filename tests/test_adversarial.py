@@ -327,28 +327,28 @@ def test_a_second_connection_is_locked_out(clean: Path, extra_attacks) -> None:
     assert contents(clean) == before
 
 
-def test_a_commit_behind_the_session_is_an_isolation_breach(clean: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = guard_connection._hashes
+def test_a_commit_just_after_the_session_is_not_a_breach(clean: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both hashes of the proof are taken inside the session's write lock, so a bot committing the
+    moment the session ends (here: between the session's ROLLBACK and the comparison) is not
+    mistaken for an isolation breach. (A commit from inside the session is: see the subversion tests.)"""
+    real = guard_connection._prove
     calls = []
 
-    def hashes(conn, schemas):
+    def prove(names, before, after):
         calls.append(1)
-        if len(calls) == 2:  # after the session's ROLLBACK, before the proof
-            other = sqlite3.connect(clean / "ml_training.db", isolation_level=None)
-            try:
-                other.execute("UPDATE ensemble_weights SET weighting_method = 'behind the back'")
-            finally:
-                other.close()
-        return real(conn, schemas)
+        other = sqlite3.connect(clean / "ml_training.db", isolation_level=None)
+        try:
+            other.execute("UPDATE ensemble_weights SET weighting_method = 'right after the session'")
+        finally:
+            other.close()
+        return real(names, before, after)
 
-    monkeypatch.setattr(guard_connection, "_hashes", hashes)
+    monkeypatch.setattr(guard_connection, "_prove", prove)
     before = contents(clean)
     report = run_attacks(_settings(clean), guardrails=True, attack_ids=["opening_leg_pnl", "escape_commit"], registry=REGISTRY)
-    assert len(calls) == 2
-    assert report.breach is not None and "ml_training.ensemble_weights" in report.breach
-    assert report.gaps == []
-    assert report.exit_code == 4
-    after = contents(clean)
+    assert calls == [1]
+    assert report.breach is None and report.gaps == [] and report.exit_code == 0
+    after = contents(clean)  # the bot's write really happened, after the session
     assert after["ml_training"][1]["ensemble_weights"] != before["ml_training"][1]["ensemble_weights"]
 
 

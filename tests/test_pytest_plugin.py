@@ -80,23 +80,22 @@ BREACH_CONFTEST = textwrap.dedent('''
     def commit_behind_the_session(request, monkeypatch, toolkit_settings):
         if request.node.get_closest_marker("behind_the_back") is None:
             return
-        real, calls = connection._hashes, []
+        real = connection._prove
 
-        def hashes(conn, schemas):
-            calls.append(1)
-            if len(calls) == 2:
-                other = sqlite3.connect(toolkit_settings.path("ml_training"), isolation_level=None)
-                try:
-                    other.execute("UPDATE ensemble_weights SET weighting_method = 'behind the back'")
-                finally:
-                    other.close()
-            return real(conn, schemas)
+        def prove(names, before, after):
+            # a bot commits the moment the session ends: not the session's doing, not a breach
+            other = sqlite3.connect(toolkit_settings.path("ml_training"), isolation_level=None)
+            try:
+                other.execute("UPDATE ensemble_weights SET weighting_method = 'behind the back'")
+            finally:
+                other.close()
+            return real(names, before, after)
 
-        monkeypatch.setattr(connection, "_hashes", hashes)
+        monkeypatch.setattr(connection, "_prove", prove)
 
 
     def pytest_configure(config):
-        config.addinivalue_line("markers", "behind_the_back: a second connection commits behind the session")
+        config.addinivalue_line("markers", "behind_the_back: a second connection commits right after the session")
 ''')
 
 BREACH_TESTS = textwrap.dedent('''
@@ -207,13 +206,13 @@ def test_the_fixture_fails_a_test_whose_data_changed_anyway(data: Path, tmp_path
     result = run_pytest(project, expected_data_dir=data)
     assert result.returncode == 1, result.stdout + result.stderr
     output = result.stdout
-    # both test bodies ran; both fixtures then reported the breach at teardown
-    assert "2 passed, 2 errors" in output
+    # both test bodies ran; the subverted session is a breach at teardown, while a commit right after
+    # a session (its proof is taken inside the session's write lock) is not
+    assert "2 passed, 1 error" in output
     assert "ERROR at teardown of test_subverts_the_session" in output
-    assert "ERROR at teardown of test_behind_the_back" in output
-    assert output.count("IsolationBreach") >= 2
+    assert "ERROR at teardown of test_behind_the_back" not in output
     assert "changed trading.orders" in output
-    assert "changed ml_training.ensemble_weights" in output
+    assert "changed ml_training.ensemble_weights" not in output
     # the changes were real: the breach was not imagined
     after = contents(data)
     assert after["trading"][1]["orders"] != before["trading"][1]["orders"]

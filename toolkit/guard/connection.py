@@ -32,7 +32,7 @@ from typing import Any
 from ..config import DATABASES, Settings, load_settings
 from ..db import open_databases, quote_ident, table_hashes
 from ..errors import GuardrailViolation, IsolationBreach
-from .policy import guard_decision, session_decision
+from .policy import NO_DELETE, guard_decision, session_decision
 
 __all__ = ["GuardedConnection", "connect_guarded", "rollback_only", "SESSION_SAVEPOINT", "install_guards"]
 
@@ -195,6 +195,19 @@ def install_guards(conn: sqlite3.Connection, settings: Settings, attached: Itera
     return count
 
 
+def _forbid_ledger_deletes(conn: sqlite3.Connection, attached: Iterable[str]) -> None:
+    """Ledger rows are never deleted, not even by a REPLACE: with recursive triggers on, the rows a
+    REPLACE conflict removes fire DELETE triggers (the authorizer never sees those deletes)."""
+    conn.execute("PRAGMA recursive_triggers = ON")
+    present = set(attached)
+    for database, table in sorted(NO_DELETE):
+        if database in present:
+            conn.execute(
+                f"CREATE TEMP TRIGGER {quote_ident(f'guard_no_delete_{table}')} BEFORE DELETE ON "
+                f"{quote_ident(database)}.{quote_ident(table)} FOR EACH ROW BEGIN "
+                f"SELECT RAISE(ABORT, 'guardrail: {table} rows are never deleted (not even by INSERT OR REPLACE)'); END")
+
+
 def connect_guarded(
     where: Settings | str | Path,
     *,
@@ -216,6 +229,7 @@ def connect_guarded(
     try:
         if guardrails:
             install_guards(conn, settings, chosen)
+            _forbid_ledger_deletes(conn, chosen)
         else:
             conn.execute("PRAGMA foreign_keys = OFF")
         sqlite3.Connection.set_authorizer(conn, conn._authorize)
@@ -236,7 +250,11 @@ def rollback_only(conn: GuardedConnection, *, schemas: Iterable[str] | None = No
                   prove: bool = True) -> Iterator[GuardedConnection]:
     """A transaction that always ends in ROLLBACK, and a proof that nothing changed.
 
-    Raises :class:`IsolationBreach` (exit code 4) naming the tables whose content changed.
+    Both hashes of the proof are taken while the session's ``BEGIN IMMEDIATE`` holds the write lock
+    (after BEGIN, and after rolling back to the session's savepoint), so a bot committing just before
+    or after the session cannot make it look like a breach. Raises :class:`IsolationBreach` (exit
+    code 4) naming the tables whose content changed — also when the body raised, whose exception
+    stays chained as the breach's context.
     """
     if not isinstance(conn, GuardedConnection):
         raise TypeError("rollback_only needs a connection from connect_guarded()")
@@ -244,24 +262,31 @@ def rollback_only(conn: GuardedConnection, *, schemas: Iterable[str] | None = No
         raise GuardrailViolation("a rollback-only session must start outside a transaction")
     names = list(schemas) if schemas is not None else [
         r[1] for r in conn.execute("PRAGMA database_list") if r[1] not in ("main", "temp")]
-    before = _hashes(conn, names) if prove else {}
     conn.execute("BEGIN IMMEDIATE")
-    conn.execute(f"SAVEPOINT {SESSION_SAVEPOINT}")
+    try:
+        before = _hashes(conn, names) if prove else {}
+        conn.execute(f"SAVEPOINT {SESSION_SAVEPOINT}")
+    except BaseException:
+        sqlite3.Connection.execute(conn, "ROLLBACK")
+        raise
     conn._session = SESSION_SAVEPOINT
     try:
         yield conn
     finally:
         conn._session = None
+        after = None
         if conn.in_transaction:
+            try:
+                sqlite3.Connection.execute(conn, f"ROLLBACK TO {SESSION_SAVEPOINT}")
+                after = _hashes(conn, names) if prove else None
+            except sqlite3.Error:
+                after = None  # the savepoint is gone: compare after the full rollback below
             sqlite3.Connection.execute(conn, "ROLLBACK")
-        # The proof runs on every exit: a body that got something committed and then raised must
-        # not hide the breach behind its exception (which stays chained as the breach's context).
         if prove:
-            _prove(conn, names, before)
+            _prove(names, before, after if after is not None else _hashes(conn, names))
 
 
-def _prove(conn: sqlite3.Connection, names: list[str], before: dict[str, dict[str, str]]) -> None:
-    after = _hashes(conn, names)
+def _prove(names: list[str], before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]) -> None:
     changed = [f"{schema}.{table}" for schema in names for table in set(before[schema]) | set(after[schema])
                if before[schema].get(table) != after[schema].get(table)]
     if changed:

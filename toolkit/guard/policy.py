@@ -12,6 +12,7 @@ __all__ = [
     "LEDGER_TABLES",
     "PROJECTION_TABLES",
     "NO_DELETE",
+    "LEDGER_KEY_COLUMNS",
     "EXECUTED_COLUMNS",
     "PRAGMA_WRITES",
     "PRAGMA_READS_WITH_ARGUMENT",
@@ -30,6 +31,10 @@ NO_DELETE = frozenset({("trading", "trades"), ("trading", "lot_matches"), ("trad
 #: What a trade executed at is history: never updated, not even by trusted code.
 EXECUTED_COLUMNS = frozenset({"trade_id", "run_id", "ticker", "action", "quantity", "price", "commission",
                               "executed_at", "is_close"})
+
+#: Key columns of ledger rows: never updated (an UPDATE OR REPLACE onto another key would delete it).
+LEDGER_KEY_COLUMNS = {("trading", "lot_matches"): frozenset({"close_trade_id", "entry_trade_id"}),
+                      ("trading", "account"): frozenset({"account_id"})}
 
 #: PRAGMAs a guarded connection may set, with the values allowed (None: any value).
 PRAGMA_WRITES: dict[str, frozenset[str] | None] = {
@@ -99,6 +104,8 @@ def guard_decision(action: int, arg1: str | None, arg2: str | None, database: st
         return f"DELETE from {target[1]} is refused: ledger rows are never deleted (correct them with a repair)"
     if action == sqlite3.SQLITE_UPDATE and target == ("trading", "trades") and (arg2 or "") in EXECUTED_COLUMNS:
         return f"UPDATE of trades.{arg2} is refused: what a trade executed at is history"
+    if action == sqlite3.SQLITE_UPDATE and (arg2 or "") in LEDGER_KEY_COLUMNS.get(target, ()):
+        return f"UPDATE of {target[1]}.{arg2} is refused: a ledger row's key never changes"
     if action == sqlite3.SQLITE_UPDATE and target == ("trading", "account_adjustments"):
         return "UPDATE of account_adjustments is refused: record a new labelled adjustment instead"
     if trusted is None and target in LEDGER_TABLES:
