@@ -565,6 +565,34 @@ def test_a_repair_that_breaks_a_ledger_rule_on_its_ticker_is_rolled_back(protect
     assert counts_by_rule(run_checks(settings, registry=REGISTRY, record=False))["lot_status_inconsistent"] == 0
 
 
+def test_verification_scope_comes_from_the_rows_written_not_from_the_planner(protected, tmp_path: Path) -> None:
+    """A planner that declares another ticker than the row it changes is still re-checked on the
+    ticker it really touched (the writer reads the scope from the ledger)."""
+    settings = _fresh_copy(protected[0], tmp_path)
+    lot, ticker = _query(settings, "trading", "SELECT trade_id, ticker FROM trades WHERE action = 'BUY' AND status = 'CLOSED' "
+                                              "ORDER BY trade_id LIMIT 1")[0]
+    elsewhere = _query(settings, "trading", "SELECT ticker FROM trades WHERE ticker <> ? ORDER BY ticker LIMIT 1", (ticker,))[0][0]
+
+    def reopen(ctx, rule_, violations):
+        for v in violations:
+            yield Change(rule_.id, "trading", "trades", "update", {"trade_id": lot}, {"status": "CLOSED"}, {"status": "OPEN"},
+                         v.key, scope=elsewhere)
+
+    def closed_lot(ctx, rule_):
+        if ctx.conn.execute("SELECT status FROM trading.trades WHERE trade_id = ?", (lot,)).fetchone()[0] == "CLOSED":
+            yield Violation(rule_.id, {"trade_id": lot}, "wants the lot open", scope=elsewhere)
+
+    closed_lot.__doc__ = "Test rule: wants a fully consumed lot OPEN, and names the wrong ticker."
+    liar = rule("zz_reopen_elsewhere", severity="LOW", databases=["trading"], reads=["trading.trades"], key=["trade_id"],
+                repair=reopen)(closed_lot)
+    row_before = _query(settings, "trading", "SELECT * FROM trades WHERE trade_id = ?", (lot,))
+    result = apply_repairs(settings, registry=Registry([liar, *REGISTRY]))
+    outcome = {o.rule.id: o for o in result.rules}["zz_reopen_elsewhere"]
+    assert outcome.status == "rolled back"
+    assert "lot_status_inconsistent got worse" in outcome.rolled_back, outcome.rolled_back
+    assert _query(settings, "trading", "SELECT * FROM trades WHERE trade_id = ?", (lot,)) == row_before
+
+
 @pytest.mark.parametrize("planner, expected", [
     (_delete_change, "tried to delete a ledger row"),
     (_delete_directly, "DELETE from trades is refused"),

@@ -63,6 +63,12 @@ WRAPPER = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
 
         engine._record_run = die
+    elif point == "undo-after-commit":
+        def die_undo(settings, undo_id, run_id, rows, now):
+            marker.write_text(undo_id)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        engine._record_undo = die_undo
     from toolkit.cli import integrity_main
     sys.argv = ["integrity", *sys.argv[1:]]
     integrity_main()
@@ -242,3 +248,26 @@ def test_sigkill_after_commit_is_reconciled_and_undoable(session, cli, tmp_path:
     found = gate_fingerprints(cli, settings)
     for rule_id in manifest.defects:
         assert found[rule_id] == manifest.expected(rule_id), rule_id
+
+
+def test_sigkill_after_an_undo_commits_still_marks_the_run_undone(session, cli, tmp_path: Path) -> None:
+    """The undo's journal rows name the run they reverse: if the undo dies after its commit but
+    before migrations.db records it, the next command logs it and marks the repair run undone."""
+    settings, manifest = session
+    before = tables(settings)
+    applied = cli("integrity", "--data-dir", str(settings.data_dir), "repair", "--apply", "--yes")
+    assert applied.returncode == 0, applied.stderr
+    run_id = json.loads(cli("integrity", "--data-dir", str(settings.data_dir), "repair", "log", "--json").stdout)[0]["run_id"]
+    marker = tmp_path / "undone"
+    env = dict(os.environ, REPAIR_CRASH="undo-after-commit", REPAIR_MARKER=str(marker))
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, "--data-dir", str(settings.data_dir), "repair", "undo", run_id, "--yes"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout, proc.stderr)
+    undo_id = marker.read_text()
+    assert tables(settings) == before  # the files hold the whole undo
+    log = json.loads(cli("integrity", "--data-dir", str(settings.data_dir), "repair", "log", "--json").stdout)
+    runs = {r["run_id"]: r for r in log}
+    assert runs[undo_id]["kind"] == "undo" and runs[undo_id]["undoes"] == run_id
+    assert runs[run_id]["undone_by"] == undo_id
+    again = cli("integrity", "--data-dir", str(settings.data_dir), "repair", "undo", run_id, "--yes")
+    assert again.returncode == 2 and "already undone" in again.stderr, again.stderr

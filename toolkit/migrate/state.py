@@ -41,7 +41,8 @@ BOOKKEEPING_DDL = (
         duration_seconds REAL
     )""",
     # Every row a repair (or its undo) changes in this file, written in the same transaction as the
-    # change itself; migrations.db's repair_log is a copy reconciled from these.
+    # change itself; migrations.db's repair_log is a copy reconciled from these. An undo's rows name
+    # the run they reverse, so a crash before migrations.db records the undo loses nothing.
     """CREATE TABLE IF NOT EXISTS _toolkit_repair_journal (
         run_id TEXT NOT NULL,
         seq INTEGER NOT NULL,
@@ -52,6 +53,7 @@ BOOKKEEPING_DDL = (
         before TEXT,
         after TEXT,
         at INTEGER NOT NULL,
+        reverses TEXT,
         PRIMARY KEY (run_id, seq)
     ) WITHOUT ROWID""",
 )

@@ -27,7 +27,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..backup import Backup, take_backup
@@ -187,9 +187,10 @@ def _from_census(rule: Rule, census: RuleResult) -> RulePlan | None:
 
 
 def _plan_rule(ctx: CheckContext, rule: Rule, sample: int, sink: Callable[[Change], None] | None,
-               untouched_keys: set[str] | None = None) -> RulePlan:
+               untouched_keys: set[str] | None = None, violations: Iterable[Violation] | None = None) -> RulePlan:
     plan = RulePlan(rule)
-    violations = iter_violations(ctx, rule)
+    if violations is None:
+        violations = iter_violations(ctx, rule)
     assert rule.repair is not None
 
     def counted(items: Iterable[Violation]) -> Iterator[Violation]:
@@ -229,17 +230,16 @@ def plan_repairs(settings: Settings, *, rule_ids: Iterable[str] | None = None, s
     conn = open_databases(_paths(settings), readonly=True, busy_timeout=settings.busy_timeout, cache_kib=65_536)
     try:
         ctx = CheckContext(conn, settings, progress=progress)
-        census = {r.rule.id: r for r in execute_rules(ctx, rules, sample=sample)}
-        ctx.want_fixes = True
+        census = _Census(ctx, rules, [r for r in rules if r.repair is not None], sample=sample)
         result = RepairPlan(str(settings.data_dir))
         for rule in rules:
-            known = _from_census(rule, census[rule.id])
+            known = _from_census(rule, census.results[rule.id])
             if known is not None:
                 result.rules.append(known)
                 continue
             ctx.say(f"planning {rule.id}")
             try:
-                result.rules.append(_plan_rule(ctx, rule, sample, None))
+                result.rules.append(_plan_rule(ctx, rule, sample, None, violations=census.violations(ctx, rule)))
             except Exception as exc:
                 result.rules.append(RulePlan(rule, status="error", reason=f"{type(exc).__name__}: {exc}"))
         return result
@@ -253,8 +253,18 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def _same(a: Any, b: Any) -> bool:
+    return a is None and b is None or (type(a) is type(b) and a == b)
+
+
 class _Writer:
-    """Applies changes in batches and journals every row in its own file, same transaction."""
+    """Applies changes in batches and journals every row in its own file, same transaction.
+
+    An update's "before" is read from the row as it is at that moment (an earlier rule's repair may
+    already have changed it), and an update that would change nothing is dropped, so the log holds
+    exactly the transitions that happened and an undo can replay them backwards. The scope a change
+    touched (its ticker) is read from the row too, not taken from the planner.
+    """
 
     def __init__(self, conn: sqlite3.Connection, run_id: str, now: int,
                  before_first_write: Callable[[str], None], *, seq: dict[str, int] | None = None) -> None:
@@ -267,12 +277,10 @@ class _Writer:
         self.scopes: set[Any] = set()
         self.touched: set[tuple[str, str]] = set()
         self.repaired = 0
+        self.unchanged = 0
 
     def add(self, change: Change) -> None:
         self.pending.append(change)
-        if change.scope is not None:
-            self.scopes.add(change.scope)
-        self.touched.add((change.database, change.table))
         if len(self.pending) >= _BATCH:
             self.flush()
 
@@ -289,15 +297,54 @@ class _Writer:
             start = end
         self.pending = []
 
+    def _scope(self, change: Change) -> str | None:
+        """The ticker a changed row belongs to, read from the ledger."""
+        if change.database == "trading" and change.table in ("trades", "lot_matches"):
+            trade_id = change.key.get("trade_id", change.key.get("close_trade_id"))
+            row = self.conn.execute("SELECT ticker FROM trading.trades WHERE trade_id = ?", (trade_id,)).fetchone()
+            return row[0] if row else None
+        if change.database == "positions":
+            return change.key.get("ticker") or (change.after or change.before or {}).get("ticker")
+        return None
+
+    def _current(self, batch: list[Change], table: str, keys: list[str], where: str) -> list[Change]:
+        """Refresh each change's "before" from the row as it is now; drop updates that change nothing."""
+        first = batch[0]
+        if first.op == "update":
+            columns = list(first.after or {})
+            select = f"SELECT {', '.join(quote_ident(c) for c in columns)} FROM {table} WHERE {where}"
+        else:
+            select = f"SELECT * FROM {table} WHERE {where}"
+        live = []
+        for change in batch:
+            cursor = self.conn.execute(select, [change.key[k] for k in keys])
+            row = cursor.fetchone()
+            if row is None:
+                raise RepairConflict(f"{change.rule_id}: {change.op} of {first.database}.{first.table} {change.key}: no such row",
+                                     hint="the rows changed while the repair ran; run `integrity repair` again")
+            if first.op == "update":
+                current = dict(zip(columns, row))
+                if all(_same(current[c], change.after[c]) for c in columns):  # type: ignore[index]
+                    self.unchanged += 1
+                    continue
+                live.append(replace(change, before=current))
+            else:
+                live.append(replace(change, before=dict(zip([d[0] for d in cursor.description], row))))
+        return live
+
     def _execute(self, batch: list[Change]) -> None:
         first = batch[0]
         database = first.database
-        if database not in self.seq:
-            self.before_first_write(database)
-            self.seq[database] = 0
         table = f"{quote_ident(database)}.{quote_ident(first.table)}"
         keys = list(first.key)
         where = " AND ".join(f"{quote_ident(k)} = ?" for k in keys)
+        if first.op in ("update", "delete"):
+            batch = self._current(batch, table, keys, where)
+            if not batch:
+                return
+        if database not in self.seq:
+            self.before_first_write(database)
+            self.seq[database] = 0
         if first.op == "update":
             columns = list(first.after or {})
             sql = f"UPDATE {table} SET {', '.join(f'{quote_ident(c)} = ?' for c in columns)} WHERE {where}"
@@ -321,6 +368,10 @@ class _Writer:
             rows.append((self.run_id, seq, change.rule_id, change.table, change.op, _json(change.key),
                          None if change.before is None else _json(change.before),
                          None if change.after is None else _json(change.after), self.now))
+            scope = self._scope(change)
+            if scope is not None:
+                self.scopes.add(scope)
+        self.touched.add((database, first.table))
         self.seq[database] = seq
         self.conn.executemany(
             f"INSERT INTO {quote_ident(database)}._toolkit_repair_journal (run_id, seq, rule_id, table_name, op, row_key, "
@@ -334,15 +385,57 @@ def _signature(change: Change) -> tuple:
 
 # -- applying ---------------------------------------------------------------------------------------
 
-def _census(ctx: CheckContext, rules: list[Rule]) -> tuple[dict[str, RuleResult], dict[str, Counter]]:
-    """Rule results plus violation counts per scope (e.g. per ticker)."""
-    by_scope: dict[str, Counter] = {r.id: Counter() for r in rules}
+#: How many violations (with their fixes) the census keeps for planning; beyond it, a rule's
+#: violations are computed again while it is repaired (streaming, on the tickers it has).
+CENSUS_BUFFER = 100_000
 
-    def observe(violation: Violation) -> None:
-        by_scope[violation.rule_id][violation.scope] += 1
 
-    results = execute_rules(ctx, rules, sample=0, observe=observe)
-    return {r.rule.id: r for r in results}, by_scope
+class _Census:
+    """One run of the rules before repairing: their results, their violation counts per scope
+    (ticker), and the repairable rules' violations with their fixes — so planning needs no second
+    pass over the ledger. Every fix is a function of the executed trades, which no repair changes,
+    so fixes stay valid while earlier rules are repaired (the writer re-reads each row's values)."""
+
+    def __init__(self, ctx: CheckContext, rules: list[Rule], repairable: Iterable[Rule], *, sample: int = 0,
+                 limit: int = CENSUS_BUFFER) -> None:
+        self.by_scope: dict[str, Counter] = {r.id: Counter() for r in rules}
+        self.kept: dict[str, list[Violation]] = {r.id: [] for r in repairable}
+        self.overflow: set[str] = set()
+        room = [limit]
+        by_scope, kept, overflow = self.by_scope, self.kept, self.overflow
+
+        def observe(violation: Violation) -> None:
+            by_scope[violation.rule_id][violation.scope] += 1
+            bucket = kept.get(violation.rule_id)
+            if bucket is None or violation.rule_id in overflow:
+                return
+            if room[0] <= 0:
+                overflow.add(violation.rule_id)
+                room[0] += len(bucket)
+                bucket.clear()
+                return
+            bucket.append(violation)
+            room[0] -= 1
+
+        wanted, ctx.want_fixes = ctx.want_fixes, True
+        try:
+            self.results = {r.rule.id: r for r in execute_rules(ctx, rules, sample=sample, observe=observe)}
+        finally:
+            ctx.want_fixes = wanted
+
+    def violations(self, ctx: CheckContext, rule: Rule) -> Iterator[Violation]:
+        """The rule's violations: kept from the census, or computed again on the tickers that have them."""
+        if rule.id not in self.overflow:
+            yield from self.kept.get(rule.id, ())
+            return
+        scopes = self.by_scope.get(rule.id, Counter())
+        tickers = frozenset(s for s in scopes if isinstance(s, str))
+        limit = tickers if rule.scan is not None and tickers and None not in scopes else None
+        wanted, ctx.want_fixes, ctx.tickers = ctx.want_fixes, True, limit
+        try:
+            yield from iter_violations(ctx, rule)
+        finally:
+            ctx.want_fixes, ctx.tickers = wanted, None
 
 
 def _prepare_files(settings: Settings) -> None:
@@ -474,11 +567,12 @@ def apply_repairs(
             affected = {t for r in repairable for t in _tables_read(r)}
             census_rules = list(dict.fromkeys(rules + [r for r in registry if r.reads and _tables_read(r) & affected]))
             say("checking before repair")
-            census, scope_counts = _census(ctx, census_rules)
+            census = _Census(ctx, census_rules, repairable, sample=sample)
+            scope_counts = census.by_scope
             ctx.want_fixes = True
             seq: dict[str, int] = {}
             for rule in rules:
-                known = _from_census(rule, census[rule.id])
+                known = _from_census(rule, census.results[rule.id])
                 if known is not None:
                     result.rules.append(RuleOutcome(**vars(known)))
                     continue
@@ -489,8 +583,13 @@ def apply_repairs(
                 untouched: set[str] = set()
                 conn.execute("SAVEPOINT repair_rule")
                 try:
-                    plan = _plan_rule(ctx, rule, sample, writer.add, untouched)
+                    plan = _plan_rule(ctx, rule, sample, writer.add, untouched, violations=census.violations(ctx, rule))
                     writer.flush()
+                    plan.changes["update"] -= writer.unchanged  # already right after an earlier rule's repair
+                    if not plan.changes["update"]:
+                        del plan.changes["update"]
+                    if plan.status == "planned" and not writer.repaired:
+                        plan.status = "nothing"
                     for name in ("status", "violations", "changes", "samples", "untouched", "untouched_samples", "reason"):
                         setattr(outcome, name, getattr(plan, name))
                     problem = _verify(ctx, registry, rule, writer, untouched, scope_counts) if plan.status == "planned" else None
@@ -577,13 +676,18 @@ def reconcile_repair_log(settings: Settings) -> list[str]:
                     history.executemany(
                         "INSERT OR IGNORE INTO repair_log (run_id, database_name, seq, rule_id, table_name, op, row_key, "
                         "before, after, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    reverses = conn.execute("SELECT max(reverses) FROM _toolkit_repair_journal WHERE run_id = ?",
+                                            (run_id,)).fetchone()[0]
                     if not history.execute("SELECT 1 FROM repair_runs WHERE run_id = ?", (run_id,)).fetchone():
-                        kind = "undo" if run_id.startswith("und-") else "repair"
+                        kind = "undo" if reverses else "repair"
                         history.execute(
-                            "INSERT INTO repair_runs (run_id, kind, started_at, data_dir, rules, changes, status) "
-                            "VALUES (?, ?, ?, ?, '[]', 0, 'applied (reconciled)')",
-                            (run_id, kind, int(time.time()), str(settings.data_dir)))
-                        notes.append(f"repair run {run_id} was committed to {path.name} but not logged: logged now")
+                            "INSERT INTO repair_runs (run_id, kind, started_at, data_dir, rules, changes, status, undoes) "
+                            "VALUES (?, ?, ?, ?, '[]', 0, 'applied (reconciled)', ?)",
+                            (run_id, kind, int(time.time()), str(settings.data_dir), reverses))
+                        notes.append(f"{kind} run {run_id} was committed to {path.name} but not logged: logged now")
+                    if reverses:
+                        history.execute("UPDATE repair_runs SET undone_by = ?, status = 'undone' "
+                                        "WHERE run_id = ? AND undone_by IS NULL", (run_id, reverses))
                     history.execute(
                         "UPDATE repair_runs SET changes = (SELECT count(*) FROM repair_log WHERE run_id = ?) WHERE run_id = ?",
                         (run_id, run_id))
@@ -600,8 +704,16 @@ def reconcile_repair_log(settings: Settings) -> list[str]:
 
 
 def list_repairs(settings: Settings, *, limit: int = 20) -> list[RepairRun]:
+    """Repair and undo runs, newest first (after logging any the files committed but the log lacks)."""
     if not settings.history_path.exists():
         return []
+    from ..errors import LockTimeoutError
+
+    try:
+        with data_dir_lock(settings.lock_path, timeout=0, command="integrity repair log"):
+            reconcile_repair_log(settings)
+    except LockTimeoutError:
+        pass  # another toolkit process is working; it reconciles when it is done
     history = open_history(settings)
     assert history is not None
     try:
@@ -702,7 +814,7 @@ def undo_repair(settings: Settings, run_id: str, *, progress: Callable[[str], No
                     result.rows += 1
                 conn.executemany(
                     f"INSERT INTO {quote_ident(name)}._toolkit_repair_journal (run_id, seq, rule_id, table_name, op, row_key, "
-                    "before, after, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", journal)
+                    "before, after, at, reverses) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [row + (run_id,) for row in journal])
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -710,16 +822,22 @@ def undo_repair(settings: Settings, run_id: str, *, progress: Callable[[str], No
             raise
         finally:
             conn.close()
-        history = open_history(settings, create=True)
-        assert history is not None
-        try:
-            history.execute("BEGIN IMMEDIATE")
-            history.execute(
-                "INSERT OR REPLACE INTO repair_runs (run_id, kind, started_at, data_dir, rules, changes, status, undoes) "
-                "VALUES (?, 'undo', ?, ?, '[]', ?, 'applied', ?)", (undo_id, now, str(settings.data_dir), result.rows, run_id))
-            history.execute("UPDATE repair_runs SET undone_by = ?, status = 'undone' WHERE run_id = ?", (undo_id, run_id))
-            history.execute("COMMIT")
-        finally:
-            history.close()
+        _record_undo(settings, undo_id, run_id, result.rows, now)
         result.reconciled += reconcile_repair_log(settings)
     return result
+
+
+def _record_undo(settings: Settings, undo_id: str, run_id: str, rows: int, now: int) -> None:
+    """Log an undo in migrations.db (after the files committed; a crash before this is reconciled
+    from the journal, whose rows name the run they reverse)."""
+    history = open_history(settings, create=True)
+    assert history is not None
+    try:
+        history.execute("BEGIN IMMEDIATE")
+        history.execute(
+            "INSERT OR REPLACE INTO repair_runs (run_id, kind, started_at, data_dir, rules, changes, status, undoes) "
+            "VALUES (?, 'undo', ?, ?, '[]', ?, 'applied', ?)", (undo_id, now, str(settings.data_dir), rows, run_id))
+        history.execute("UPDATE repair_runs SET undone_by = ?, status = 'undone' WHERE run_id = ?", (undo_id, run_id))
+        history.execute("COMMIT")
+    finally:
+        history.close()
