@@ -2,7 +2,10 @@
 order's fill aggregates)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from toolkit.repair.model import update_row
+from toolkit.rules import CheckContext, Rule, Violation, sql_violations
 from toolkit.rules.model import Guard, rule
 
 __all__ = ["RULES", "EXPECTED_STATUS", "expected_status"]
@@ -34,43 +37,56 @@ _GUARDS = (
 )
 
 
+#: Orders whose stored fill fields disagree with ``v_order_fills`` (read like a SQL rule's rows).
+_MISMATCHES = f"""
+    SELECT order_id, NULL AS fill_id, filled_quantity AS stored, fills_quantity AS computed,
+           filled_quantity - fills_quantity AS difference, :tolerance AS tolerance,
+           trim(
+             CASE WHEN round(filled_quantity - fills_quantity, 9) <> 0
+                  THEN 'filled_quantity ' || filled_quantity || ' != fills ' || fills_quantity || '; ' ELSE '' END ||
+             CASE WHEN (filled_avg_price IS NULL) <> (fills_avg_price IS NULL)
+                    OR abs(filled_avg_price - fills_avg_price) > :tolerance
+                  THEN 'filled_avg_price ' || ifnull(filled_avg_price, 'NULL') || ' != fills VWAP '
+                       || ifnull(fills_avg_price, 'NULL') || '; ' ELSE '' END ||
+             CASE WHEN round(fills_quantity - quantity, 9) > 0
+                  THEN 'fills exceed the order quantity ' || quantity || '; ' ELSE '' END ||
+             CASE WHEN status <> {EXPECTED_STATUS}
+                  THEN 'status ' || status || ' but fills say ' || {EXPECTED_STATUS} ELSE '' END, '; ') AS message,
+           round(fills_quantity - quantity, 9) <= 0 AS fixable,
+           fills_quantity AS fix_filled_quantity, fills_avg_price AS fix_filled_avg_price,
+           {EXPECTED_STATUS} AS fix_status,
+           filled_quantity AS was_filled_quantity, filled_avg_price AS was_filled_avg_price, status AS was_status
+    FROM trading.v_order_fills
+    WHERE round(filled_quantity - fills_quantity, 9) <> 0
+       OR (filled_avg_price IS NULL) <> (fills_avg_price IS NULL)
+       OR abs(filled_avg_price - fills_avg_price) > :tolerance
+       OR round(fills_quantity - quantity, 9) > 0
+       OR status <> {EXPECTED_STATUS}
+"""
+
+_UNKNOWN_ORDER = "SELECT fill_id, 'fill of unknown order ' || quote(order_id) FROM trading.fills"
+
+
 @rule("order_fill_mismatch", severity="MEDIUM", databases=["trading"],
       reads=["trading.orders", "trading.fills", "trading.v_order_fills"], key=["order_id", "fill_id"],
       repair=update_row("trading", "orders", ["order_id"],
                         why_not="a fill of an unknown order, or fills beyond the order quantity, need a hand fix"),
       guards=_GUARDS)
-def order_fill_mismatch():
+def order_fill_mismatch(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
     """Orders whose filled quantity, average price or status disagree with their fills; fills of unknown orders."""
-    return f"""
-        SELECT order_id, NULL AS fill_id, filled_quantity AS stored, fills_quantity AS computed,
-               filled_quantity - fills_quantity AS difference, :tolerance AS tolerance,
-               trim(
-                 CASE WHEN round(filled_quantity - fills_quantity, 9) <> 0
-                      THEN 'filled_quantity ' || filled_quantity || ' != fills ' || fills_quantity || '; ' ELSE '' END ||
-                 CASE WHEN (filled_avg_price IS NULL) <> (fills_avg_price IS NULL)
-                        OR abs(filled_avg_price - fills_avg_price) > :tolerance
-                      THEN 'filled_avg_price ' || ifnull(filled_avg_price, 'NULL') || ' != fills VWAP '
-                           || ifnull(fills_avg_price, 'NULL') || '; ' ELSE '' END ||
-                 CASE WHEN round(fills_quantity - quantity, 9) > 0
-                      THEN 'fills exceed the order quantity ' || quantity || '; ' ELSE '' END ||
-                 CASE WHEN status <> {EXPECTED_STATUS}
-                      THEN 'status ' || status || ' but fills say ' || {EXPECTED_STATUS} ELSE '' END, '; ') AS message,
-               round(fills_quantity - quantity, 9) <= 0 AS fixable,
-               fills_quantity AS fix_filled_quantity, fills_avg_price AS fix_filled_avg_price,
-               {EXPECTED_STATUS} AS fix_status,
-               filled_quantity AS was_filled_quantity, filled_avg_price AS was_filled_avg_price, status AS was_status
-        FROM trading.v_order_fills
-        WHERE round(filled_quantity - fills_quantity, 9) <> 0
-           OR (filled_avg_price IS NULL) <> (fills_avg_price IS NULL)
-           OR abs(filled_avg_price - fills_avg_price) > :tolerance
-           OR round(fills_quantity - quantity, 9) > 0
-           OR status <> {EXPECTED_STATUS}
-        UNION ALL
-        SELECT NULL, f.fill_id, NULL, NULL, NULL, NULL, 'fill of unknown order ' || quote(f.order_id),
-               0, NULL, NULL, NULL, NULL, NULL, NULL
-        FROM trading.fills AS f
-        WHERE NOT EXISTS (SELECT 1 FROM trading.orders AS o WHERE o.order_id = f.order_id)
-    """
+    yield from sql_violations(ctx, rule_, _MISMATCHES)
+    fills_reference_orders = any(
+        row[2] == "orders" for row in ctx.conn.execute("SELECT * FROM pragma_foreign_key_list('fills', 'trading')"))
+    if fills_reference_orders:
+        # The file's foreign key check already looks up every fill's order: share that pass.
+        unknown = (ctx.conn.execute(f"{_UNKNOWN_ORDER} WHERE rowid = ?", (rowid,)).fetchone()
+                   for table, rowid, parent, _ in ctx.foreign_key_check("trading")
+                   if table == "fills" and parent == "orders")
+    else:
+        unknown = ctx.conn.execute(f"{_UNKNOWN_ORDER} AS f WHERE NOT EXISTS "
+                                   "(SELECT 1 FROM trading.orders AS o WHERE o.order_id = f.order_id)")
+    for fill_id, message in filter(None, unknown):
+        yield Violation(rule_.id, {"fill_id": fill_id}, message)
 
 
 RULES = (order_fill_mismatch,)

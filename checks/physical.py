@@ -29,7 +29,7 @@ def sqlite_quick_check(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
 def foreign_key_violations(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
     """Rows whose foreign key points at a missing row: PRAGMA foreign_key_check, per file."""
     for database in DATABASES:
-        for table, rowid, parent, _ in ctx.conn.execute(f'PRAGMA "{database}".foreign_key_check'):
+        for table, rowid, parent, _ in ctx.foreign_key_check(database):
             key = {"database": database, "table": table, "rowid": rowid, "parent": parent}
             yield Violation(rule_.id, {k: v for k, v in key.items() if v is not None},
                             f"{table} row {rowid} references a missing {parent} row")

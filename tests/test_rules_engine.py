@@ -388,3 +388,48 @@ def test_rule_context_sees_every_database_attached(defective) -> None:
     trades, positions, runs = map(int, result.samples[0].message.split())
     assert trades >= 3_000 and positions > 0 and runs > 0
     assert result.status == "error" and "readonly" in result.error.replace("-", "").lower()
+
+
+def _fills_of_unknown_orders(settings: Settings, count: int) -> set[str]:
+    conn = sqlite3.connect(settings.path("trading"), isolation_level=None)  # foreign keys off: a bot's bug
+    try:
+        ids = {f"stray-{n}" for n in range(count)}
+        conn.executemany("INSERT INTO fills (fill_id, order_id, ticker, side, quantity, price, filled_at) "
+                         "VALUES (?, ?, 'AAPL', 'buy', 1, 100, 1735828200)", [(i, f"no-such-order-{i}") for i in ids])
+        return ids
+    finally:
+        conn.close()
+
+
+def test_fills_of_unknown_orders_are_found_by_both_rules_from_one_foreign_key_pass(
+        tmp_path: Path, clean_copy_source: Path) -> None:
+    shutil.copytree(clean_copy_source, tmp_path / "data")
+    settings = _settings(tmp_path)
+    stray = _fills_of_unknown_orders(settings, 3)
+    report = run_checks(settings, registry=BUNDLED, record=False, collect=True, sample=10)
+    orders = report.result("order_fill_mismatch")
+    assert orders.count == 3 and {v.key["fill_id"] for v in orders.samples} == stray
+    assert all("unknown order 'no-such-order-" in v.message and v.fix is None for v in orders.samples)
+    foreign = report.result("foreign_key_violations")
+    assert foreign.count == 3
+    assert {(v.key["database"], v.key["table"], v.key["parent"]) for v in foreign.samples} == {("trading", "fills", "orders")}
+    assert report.exit_code == 1
+
+
+def test_fills_of_unknown_orders_are_found_without_the_foreign_key_too(tmp_path: Path, clean_copy_source: Path) -> None:
+    """A file whose fills table lost its REFERENCES clause still has its stray fills reported."""
+    shutil.copytree(clean_copy_source, tmp_path / "data")
+    settings = _settings(tmp_path)
+    stray = _fills_of_unknown_orders(settings, 2)
+    conn = sqlite3.connect(settings.path("trading"), isolation_level=None)
+    try:
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("UPDATE sqlite_master SET sql = replace(sql, 'REFERENCES orders (order_id)', '') "
+                     "WHERE type = 'table' AND name = 'fills'")
+    finally:
+        conn.close()
+    report = run_checks(settings, registry=BUNDLED, rule_ids=["order_fill_mismatch", "foreign_key_violations"],
+                        record=False, sample=10)
+    assert report.result("foreign_key_violations").count == 0
+    orders = report.result("order_fill_mismatch")
+    assert orders.count == 2 and {v.key["fill_id"] for v in orders.samples} == stray

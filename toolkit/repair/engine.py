@@ -146,12 +146,12 @@ def _paths(settings: Settings) -> dict:
 
 def iter_violations(ctx: CheckContext, rule: Rule) -> Iterator[Violation]:
     """One rule's violations (with fixes when ``ctx.want_fixes``)."""
-    from ..rules.runner import _sql_violations
+    from ..rules.runner import sql_violations
 
     if rule.scan is not None:
         yield from rule.scan.run(ctx, {rule.id: rule})
     elif rule.sql is not None:
-        yield from _sql_violations(ctx, rule)
+        yield from sql_violations(ctx, rule)
     else:
         yield from rule.check(ctx, rule)  # type: ignore[misc]
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from .model import CheckContext, Rule, Scan, Severity, Violation, fingerprint, rule
 from .registry import ENTRY_POINT_GROUP, Registry, load_registry
-from .runner import CheckReport, RuleResult, execute_rules, run_checks
+from .runner import CheckReport, RuleResult, execute_rules, run_checks, sql_violations
 
 __all__ = [
     "CheckContext", "Rule", "Scan", "Severity", "Violation", "fingerprint", "rule",
     "ENTRY_POINT_GROUP", "Registry", "load_registry",
-    "CheckReport", "RuleResult", "execute_rules", "run_checks",
+    "CheckReport", "RuleResult", "execute_rules", "run_checks", "sql_violations",
 ]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..config import DATABASES, Settings
+from ..db import quote_ident
 from ..errors import RuleDefinitionError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,6 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Severity", "Violation", "Rule", "Scan", "Guard", "CheckContext", "rule", "fingerprint"]
 
 _ID = re.compile(r"^[a-z][a-z0-9_]{2,63}$")
+
+#: At most this many foreign-key problems per database are kept for the next rule that asks.
+FOREIGN_KEY_CACHE = 10_000
 
 
 class Severity(enum.IntEnum):
@@ -109,6 +113,26 @@ class CheckContext:
     def say(self, message: str) -> None:
         if self.progress is not None:
             self.progress(message)
+
+    def foreign_key_check(self, database: str) -> Iterator[tuple[str, int | None, str, int]]:
+        """``PRAGMA <database>.foreign_key_check`` rows (table, rowid, parent, fkid), streamed.
+
+        Rules that need it share one pass: a complete result of at most ``FOREIGN_KEY_CACHE`` rows
+        is kept for the next rule on this context (a clean file costs one pass, not one per rule).
+        """
+        cache = self.cache.setdefault("foreign_key_check", {})
+        if database in cache:
+            yield from cache[database]
+            return
+        kept: list[tuple[str, int | None, str, int]] | None = []
+        for row in self.conn.execute(f"PRAGMA {quote_ident(database)}.foreign_key_check"):
+            if kept is not None:
+                kept.append(tuple(row))
+                if len(kept) > FOREIGN_KEY_CACHE:
+                    kept = None
+            yield tuple(row)
+        if kept is not None:
+            cache[database] = kept
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from ..errors import NotInitialisedError
 from .model import CheckContext, Rule, Scan, Severity, Violation
 from .registry import Registry, load_registry
 
-__all__ = ["RuleResult", "CheckReport", "run_checks", "physical_problems", "new_run_id"]
+__all__ = ["RuleResult", "CheckReport", "run_checks", "sql_violations", "physical_problems", "new_run_id"]
 
 _CONSTRAINT_LINES = ("CHECK constraint failed", "NULL value in", "NOT NULL constraint failed")
 
@@ -113,10 +113,17 @@ class _Collector:
             result.samples.append(violation)
 
 
-def _sql_violations(ctx: CheckContext, rule: Rule) -> Iterator[Violation]:
-    assert rule.sql is not None
-    params = {"tolerance": ctx.tolerance(rule)} if ":tolerance" in rule.sql else {}
-    cursor = ctx.conn.execute(rule.sql, params)
+def sql_violations(ctx: CheckContext, rule: Rule, sql: str | None = None) -> Iterator[Violation]:
+    """The violations a query returns, read the way a SQL rule's rows are (key columns, ``message``,
+    ``stored``/``computed``/``difference``/``tolerance``, ``fix_*``/``was_*``, ``fixable``).
+
+    ``sql`` defaults to the rule's own; a Python rule passes its query to read part of its findings
+    this way. ``:tolerance`` is bound to the rule's tolerance.
+    """
+    sql = rule.sql if sql is None else sql
+    assert sql is not None, f"rule {rule.id} has no SQL"
+    params = {"tolerance": ctx.tolerance(rule)} if ":tolerance" in sql else {}
+    cursor = ctx.conn.execute(sql, params)
     names = [d[0] for d in cursor.description]
     try:
         keys = [(names.index(k), k) for k in rule.key]
@@ -188,7 +195,7 @@ def _describe(exc: BaseException) -> str:
 def _run_one(ctx: CheckContext, item: Rule, result: RuleResult, collector: _Collector) -> None:
     started = time.perf_counter()
     try:
-        produced = _sql_violations(ctx, item) if item.sql is not None else item.check(ctx, item)  # type: ignore[misc]
+        produced = sql_violations(ctx, item) if item.sql is not None else item.check(ctx, item)  # type: ignore[misc]
         for violation in produced:
             collector.add(violation)
     except Exception as exc:
