@@ -499,8 +499,12 @@ def test_a_repair_that_makes_another_rule_worse_is_rolled_back(protected, tmp_pa
     before = counts_by_rule(run_checks(settings, registry=REGISTRY, record=False))
     assert before["bankroll_mismatch"] == 0 and before["opening_leg_with_pnl"] == 3
 
-    result = apply_repairs(settings, registry=registry, sample=EVERYTHING)
+    said: list[str] = []
+    result = apply_repairs(settings, registry=registry, sample=EVERYTHING, progress=said.append)
     outcomes = {o.rule.id: o for o in result.rules}
+    # the repairs were first tried together; that verification failed, so they went rule by rule
+    fallback = [m for m in said if m.startswith("verifying the repairs together failed")]
+    assert len(fallback) == 1 and fallback[0].endswith("repairing rule by rule"), said
 
     stamp = outcomes["zz_account_stamp"]
     assert stamp.status == "rolled back" and not stamp.verified
@@ -536,6 +540,22 @@ def test_a_repair_that_makes_another_rule_worse_is_rolled_back(protected, tmp_pa
     assert still["zz_account_stamp"] == 1 and still["zz_models_unfixed"] == 5
     undo_repair(settings, result.run_id)
     assert tables(settings) == tables(protected[0])
+
+
+def test_repairs_that_hold_are_verified_together_in_one_pass(protected, tmp_path: Path) -> None:
+    """Two rules' repairs, both good: written, then one verification re-runs the rules once."""
+    settings = _fresh_copy(protected[0], tmp_path)
+    said: list[str] = []
+    result = apply_repairs(settings, registry=REGISTRY, sample=EVERYTHING, progress=said.append)
+    repaired = [o.rule.id for o in result.rules if o.status == "applied"]
+    assert repaired == ["opening_leg_with_pnl", "rl_state_missing_avg_reward"]
+    assert all(o.verified for o in result.rules if o.status == "applied") and not result.rolled_back
+    assert said.count("verifying the repairs") == 1
+    assert not [m for m in said if "rule by rule" in m], said
+    # one scan of the ledger for the census and one for the verification, none per rule
+    assert sum(m.startswith("ledger scan") for m in said) == 2, said
+    after = counts_by_rule(run_checks(settings, registry=REGISTRY, record=False))
+    assert sum(after.values()) == 0, after
 
 
 def test_a_repair_that_breaks_a_ledger_rule_on_its_ticker_is_rolled_back(protected, tmp_path: Path) -> None:

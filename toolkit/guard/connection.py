@@ -214,8 +214,11 @@ def connect_guarded(
     guardrails: bool = True,
     names: Iterable[str] = DATABASES,
     busy_timeout: float | None = None,
+    cache_kib: int | None = None,
 ) -> GuardedConnection:
     """Open the databases (attached as ``positions``, ``trading``, ``ml_training``) for a bot.
+
+    ``cache_kib`` sets each file's page cache (SQLite's default, 2 MiB, when not given).
 
     With ``guardrails=False`` the connection behaves like a plain one (no authorizer rules, no
     guard triggers, foreign keys off) — the adversarial harness uses that to prove its attacks are
@@ -224,7 +227,8 @@ def connect_guarded(
     settings = where if isinstance(where, Settings) else load_settings(where)
     chosen = list(names)
     conn = open_databases({n: settings.path(n) for n in chosen}, readonly=False, factory=GuardedConnection,
-                          busy_timeout=busy_timeout if busy_timeout is not None else settings.busy_timeout)
+                          busy_timeout=busy_timeout if busy_timeout is not None else settings.busy_timeout,
+                          cache_kib=cache_kib)
     assert isinstance(conn, GuardedConnection)
     try:
         if guardrails:

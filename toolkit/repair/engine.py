@@ -4,14 +4,18 @@ Apply, for the data directory (under its lock)::
 
     BEGIN IMMEDIATE                      one transaction over positions, trading, ml_training
       census: every rule that reads a table some repair changes, counted per scope (ticker)
-      for each repairable rule with violations:
-        SAVEPOINT
-          its violations (computed by the accounting core) -> changes, written in batches;
-          each changed row journaled in _toolkit_repair_journal of its own file;
-          the first change to a file backs that file up (its committed state) first
-          re-run the rule and every rule reading the changed tables, on the touched scope:
-          RELEASE if the rule is clean there (but for what it left untouched) and no rule got
-          worse; otherwise ROLLBACK TO, and report why
+      SAVEPOINT (all rules)
+        for each repairable rule with violations:
+          SAVEPOINT
+            its violations (computed by the accounting core) -> changes, written in batches;
+            each changed row journaled in _toolkit_repair_journal of its own file;
+            the first change to a file backs that file up (its committed state) first
+          RELEASE
+        re-run the repaired rules and every rule reading a changed table, on the touched scope
+        (one ledger scan): RELEASE if each repaired rule is clean there (but for what it left
+        untouched) and no other rule got worse;
+      otherwise ROLLBACK TO, and again rule by rule: each rule's repair in its own savepoint,
+      verified the same way before the next, rolled back alone if it fails, and the report says why
     COMMIT                               per file: all of its repair or nothing
     copy the journals into migrations.db (repair_runs, repair_log)
 
@@ -144,6 +148,11 @@ def _paths(settings: Settings) -> dict:
     return {name: settings.path(name) for name in DATABASES}
 
 
+def _reader(settings: Settings) -> Callable[[], sqlite3.Connection]:
+    """Opens a read-only connection to the files (the census runs its SQL rules on one, in a thread)."""
+    return lambda: open_databases(_paths(settings), readonly=True, busy_timeout=settings.busy_timeout, cache_kib=32_768)
+
+
 def iter_violations(ctx: CheckContext, rule: Rule) -> Iterator[Violation]:
     """One rule's violations (with fixes when ``ctx.want_fixes``)."""
     from ..rules.runner import sql_violations
@@ -227,10 +236,11 @@ def plan_repairs(settings: Settings, *, rule_ids: Iterable[str] | None = None, s
     rules = _selected(registry, rule_ids)
     for path in _paths(settings).values():
         check_file(path)
-    conn = open_databases(_paths(settings), readonly=True, busy_timeout=settings.busy_timeout, cache_kib=65_536)
+    reader = _reader(settings)
+    conn = reader()
     try:
         ctx = CheckContext(conn, settings, progress=progress)
-        census = _Census(ctx, rules, [r for r in rules if r.repair is not None], sample=sample)
+        census = _Census(ctx, rules, [r for r in rules if r.repair is not None], sample=sample, worker=reader)
         result = RepairPlan(str(settings.data_dir))
         for rule in rules:
             known = _from_census(rule, census.results[rule.id])
@@ -249,8 +259,7 @@ def plan_repairs(settings: Settings, *, rule_ids: Iterable[str] | None = None, s
 
 # -- writing changes -------------------------------------------------------------------------------
 
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode  # one canonical form, for keys too
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -278,6 +287,7 @@ class _Writer:
         self.touched: set[tuple[str, str]] = set()
         self.repaired = 0
         self.unchanged = 0
+        self._tickers: dict[Any, str | None] = {}
 
     def add(self, change: Change) -> None:
         self.pending.append(change)
@@ -285,24 +295,32 @@ class _Writer:
             self.flush()
 
     def flush(self) -> None:
-        start = 0
-        pending = self.pending
-        while start < len(pending):
-            first = pending[start]
-            signature = _signature(first)
-            end = start + 1
-            while end < len(pending) and _signature(pending[end]) == signature:
-                end += 1
-            self._execute(pending[start:end])
-            start = end
+        """Write the pending changes: per table in the order planned, runs of the same statement as
+        one ``executemany`` (changes to different tables are independent rows, so a planner that
+        alternates tables, e.g. a close's link then its matches, still writes in large batches)."""
+        by_table: dict[tuple[str, str], list[Change]] = {}
+        for change in self.pending:
+            by_table.setdefault((change.database, change.table), []).append(change)
         self.pending = []
+        self._tickers.clear()  # trade -> ticker, for this batch's scopes
+        for changes in by_table.values():
+            start = 0
+            while start < len(changes):
+                signature = _signature(changes[start])
+                end = start + 1
+                while end < len(changes) and _signature(changes[end]) == signature:
+                    end += 1
+                self._execute(changes[start:end])
+                start = end
 
     def _scope(self, change: Change) -> str | None:
         """The ticker a changed row belongs to, read from the ledger."""
         if change.database == "trading" and change.table in ("trades", "lot_matches"):
             trade_id = change.key.get("trade_id", change.key.get("close_trade_id"))
-            row = self.conn.execute("SELECT ticker FROM trading.trades WHERE trade_id = ?", (trade_id,)).fetchone()
-            return row[0] if row else None
+            if trade_id not in self._tickers:
+                row = self.conn.execute("SELECT ticker FROM trading.trades WHERE trade_id = ?", (trade_id,)).fetchone()
+                self._tickers[trade_id] = row[0] if row else None
+            return self._tickers[trade_id]
         if change.database == "positions":
             return change.key.get("ticker") or (change.after or change.before or {}).get("ticker")
         return None
@@ -397,29 +415,33 @@ class _Census:
     so fixes stay valid while earlier rules are repaired (the writer re-reads each row's values)."""
 
     def __init__(self, ctx: CheckContext, rules: list[Rule], repairable: Iterable[Rule], *, sample: int = 0,
-                 limit: int = CENSUS_BUFFER) -> None:
+                 limit: int = CENSUS_BUFFER, worker: Callable[[], sqlite3.Connection] | None = None) -> None:
+        import threading
+
         self.by_scope: dict[str, Counter] = {r.id: Counter() for r in rules}
         self.kept: dict[str, list[Violation]] = {r.id: [] for r in repairable}
         self.overflow: set[str] = set()
         room = [limit]
         by_scope, kept, overflow = self.by_scope, self.kept, self.overflow
+        lock = threading.Lock()  # the worker thread (SQL rules) observes too
 
         def observe(violation: Violation) -> None:
-            by_scope[violation.rule_id][violation.scope] += 1
-            bucket = kept.get(violation.rule_id)
-            if bucket is None or violation.rule_id in overflow:
-                return
-            if room[0] <= 0:
-                overflow.add(violation.rule_id)
-                room[0] += len(bucket)
-                bucket.clear()
-                return
-            bucket.append(violation)
-            room[0] -= 1
+            with lock:
+                by_scope[violation.rule_id][violation.scope] += 1
+                bucket = kept.get(violation.rule_id)
+                if bucket is None or violation.rule_id in overflow:
+                    return
+                if room[0] <= 0:
+                    overflow.add(violation.rule_id)
+                    room[0] += len(bucket)
+                    bucket.clear()
+                    return
+                bucket.append(violation)
+                room[0] -= 1
 
         wanted, ctx.want_fixes = ctx.want_fixes, True
         try:
-            self.results = {r.rule.id: r for r in execute_rules(ctx, rules, sample=sample, observe=observe)}
+            self.results = {r.rule.id: r for r in execute_rules(ctx, rules, sample=sample, observe=observe, worker=worker)}
         finally:
             ctx.want_fixes = wanted
 
@@ -453,29 +475,38 @@ def _prepare_files(settings: Settings) -> None:
             conn.close()
 
 
-def _verify(ctx: CheckContext, registry: Registry, rule: Rule, writer: _Writer, untouched: set[str],
-            scope_counts: dict[str, Counter]) -> str | None:
-    """None if the repair holds: re-run, on the touched scope, the rule and every rule reading a
-    changed table. The rule must find nothing there but what it left untouched; no rule may find
-    more than before."""
-    related = [r for r in registry if r.reads and _tables_read(r) & writer.touched]
-    if rule not in related:
-        related.append(rule)
-    tickers = frozenset(s for s in writer.scopes if isinstance(s, str)) or None
+@dataclass
+class _Written:
+    """One rule's repair, written in its savepoint and waiting to be verified."""
+
+    rule: Rule
+    outcome: RuleOutcome
+    writer: _Writer
+    untouched: set[str]
+
+
+def _verify(ctx: CheckContext, registry: Registry, written: list[_Written], scope_counts: dict[str, Counter]) -> str | None:
+    """None if the repairs hold: re-run, on the touched scope, the repaired rules and every rule
+    reading a changed table. Each repaired rule must find nothing there but what it left untouched;
+    no other rule may find more than before."""
+    repaired = {w.rule.id: w.untouched for w in written}
+    touched = set().union(*(w.writer.touched for w in written))
+    related = [r for r in registry if r.reads and _tables_read(r) & touched]
+    related += [w.rule for w in written if w.rule not in related]
+    scopes = set().union(*(w.writer.scopes for w in written))
+    tickers = frozenset(s for s in scopes if isinstance(s, str)) or None
     scoped = [r for r in related if r.scan is not None]
     whole = [r for r in related if r.scan is None]
     left: list[Violation] = []
-
-    def watch(violation: Violation) -> None:
-        if violation.rule_id == rule.id and _json(violation.key) not in untouched:
-            left.append(violation)
 
     def census(rules: list[Rule], limit: frozenset[str] | None) -> tuple[dict[str, RuleResult], dict[str, Counter]]:
         by_scope: dict[str, Counter] = {r.id: Counter() for r in rules}
 
         def observe(violation: Violation) -> None:
             by_scope[violation.rule_id][violation.scope] += 1
-            watch(violation)
+            untouched = repaired.get(violation.rule_id)
+            if untouched is not None and _json(violation.key) not in untouched:
+                left.append(violation)
 
         ctx.tickers = limit
         try:
@@ -495,14 +526,14 @@ def _verify(ctx: CheckContext, registry: Registry, rule: Rule, writer: _Writer, 
             return f"re-checking {other.id} failed: {results[other.id].error or results[other.id].reason}"
     if left:
         more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
-        return f"{rule.id} still finds {left[0].key}: {left[0].message}{more}"
+        return f"{left[0].rule_id} still finds {left[0].key}: {left[0].message}{more}"
     for other in related:
         before = scope_counts.get(other.id, Counter())
         after = after_scope.get(other.id, Counter())
         in_scope = other.scan is not None and tickers is not None
         was = sum(before[t] for t in tickers) if in_scope else sum(before.values())  # type: ignore[union-attr]
         now = sum(after.values())
-        if other.id != rule.id and now > was:
+        if other.id not in repaired and now > was:
             return f"{other.id} got worse ({was} -> {now} violations)"
     for other in related:  # the next repair compares against the state after this one
         counts = scope_counts.setdefault(other.id, Counter())
@@ -513,6 +544,88 @@ def _verify(ctx: CheckContext, registry: Registry, rule: Rule, writer: _Writer, 
             counts.clear()
         counts.update(after_scope.get(other.id, Counter()))
     return None
+
+
+def _write_rule(ctx: CheckContext, rule: Rule, census: _Census, writer: _Writer, sample: int) -> _Written:
+    """Plan one rule's repair and write it (the caller holds a savepoint); not yet verified."""
+    outcome = RuleOutcome(rule)
+    untouched: set[str] = set()
+    plan = _plan_rule(ctx, rule, sample, writer.add, untouched, violations=census.violations(ctx, rule))
+    writer.flush()
+    plan.changes["update"] -= writer.unchanged  # already right after an earlier rule's repair
+    if not plan.changes["update"]:
+        del plan.changes["update"]
+    if plan.status == "planned" and not writer.repaired:
+        plan.status = "nothing"
+    for name in ("status", "violations", "changes", "samples", "untouched", "untouched_samples", "reason"):
+        setattr(outcome, name, getattr(plan, name))
+    return _Written(rule, outcome, writer, untouched)
+
+
+def _apply_together(ctx: CheckContext, conn: sqlite3.Connection, registry: Registry, rules: list[Rule],
+                    census: _Census, scope_counts: dict[str, Counter], run_id: str,
+                    backup_once: Callable[[str], None], sample: int, say: Callable[[str], None]) -> dict[str, RuleOutcome] | None:
+    """Every rule's repair in one savepoint, verified once; None (and nothing changed) if any rule's
+    repair raised or the verification failed."""
+    written: list[_Written] = []
+    seq: dict[str, int] = {}
+    now = int(time.time())
+    counts = {rule_id: Counter(by) for rule_id, by in scope_counts.items()}
+    conn.execute("SAVEPOINT repair_all")
+    try:
+        for rule in rules:
+            say(f"repairing {rule.id}")
+            writer = _Writer(conn, run_id, now, backup_once, seq=seq)
+            written.append(_write_rule(ctx, rule, census, writer, sample))
+            seq = writer.seq
+        done = [w for w in written if w.outcome.status == "planned"]
+        say("verifying the repairs")
+        problem = _verify(ctx, registry, done, counts) if done else None
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem is not None:
+        conn.execute("ROLLBACK TO repair_all")
+        conn.execute("RELEASE repair_all")
+        say(f"verifying the repairs together failed ({problem}): repairing rule by rule")
+        return None
+    conn.execute("RELEASE repair_all")
+    scope_counts.clear()
+    scope_counts.update(counts)
+    for item in written:
+        if item.outcome.status == "planned":
+            item.outcome.status, item.outcome.verified = "applied", True
+    return {w.rule.id: w.outcome for w in written}
+
+
+def _apply_one_by_one(ctx: CheckContext, conn: sqlite3.Connection, registry: Registry, rules: list[Rule],
+                      census: _Census, scope_counts: dict[str, Counter], run_id: str,
+                      backup_once: Callable[[str], None], sample: int, say: Callable[[str], None]) -> dict[str, RuleOutcome]:
+    """Each rule's repair in its own savepoint, verified before the next; a rule whose repair fails
+    verification is rolled back alone."""
+    outcomes: dict[str, RuleOutcome] = {}
+    seq: dict[str, int] = {}
+    now = int(time.time())
+    for rule in rules:
+        say(f"repairing {rule.id}")
+        writer = _Writer(conn, run_id, now, backup_once, seq=dict(seq))
+        outcome = outcomes[rule.id] = RuleOutcome(rule)
+        conn.execute("SAVEPOINT repair_rule")
+        try:
+            item = _write_rule(ctx, rule, census, writer, sample)
+            outcome = outcomes[rule.id] = item.outcome
+            problem = _verify(ctx, registry, [item], scope_counts) if outcome.status == "planned" else None
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem is not None:
+            conn.execute("ROLLBACK TO repair_rule")
+            conn.execute("RELEASE repair_rule")
+            outcome.status, outcome.rolled_back = "rolled back", problem
+            continue
+        conn.execute("RELEASE repair_rule")
+        if outcome.status == "planned":
+            seq = writer.seq
+            outcome.status, outcome.verified = "applied", True
+    return outcomes
 
 
 def apply_repairs(
@@ -543,8 +656,7 @@ def apply_repairs(
             # trade executed at (the authorizer refuses it, whatever a planner asks).
             from ..guard.connection import connect_guarded
 
-            conn = connect_guarded(settings)
-            conn.execute("PRAGMA cache_size = -65536")
+            conn = connect_guarded(settings, cache_kib=32_768)
         trust = conn.trusted("repair") if hasattr(conn, "trusted") else _no_trust()
         try:
             trust.__enter__()
@@ -567,43 +679,30 @@ def apply_repairs(
             affected = {t for r in repairable for t in _tables_read(r)}
             census_rules = list(dict.fromkeys(rules + [r for r in registry if r.reads and _tables_read(r) & affected]))
             say("checking before repair")
-            census = _Census(ctx, census_rules, repairable, sample=sample)
+            # Nothing is written yet and this transaction holds the write lock: a second, read-only
+            # connection sees exactly what this one does, so the SQL rules run on it in a thread.
+            census = _Census(ctx, census_rules, repairable, sample=sample,
+                             worker=_reader(settings) if connection_factory is None else None)
             scope_counts = census.by_scope
             ctx.want_fixes = True
-            seq: dict[str, int] = {}
+            pending: list[Rule] = []
             for rule in rules:
                 known = _from_census(rule, census.results[rule.id])
-                if known is not None:
-                    result.rules.append(RuleOutcome(**vars(known)))
-                    continue
-                outcome = RuleOutcome(rule)
-                result.rules.append(outcome)
-                say(f"repairing {rule.id}")
-                writer = _Writer(conn, result.run_id, int(time.time()), backup_once, seq=dict(seq))
-                untouched: set[str] = set()
-                conn.execute("SAVEPOINT repair_rule")
-                try:
-                    plan = _plan_rule(ctx, rule, sample, writer.add, untouched, violations=census.violations(ctx, rule))
-                    writer.flush()
-                    plan.changes["update"] -= writer.unchanged  # already right after an earlier rule's repair
-                    if not plan.changes["update"]:
-                        del plan.changes["update"]
-                    if plan.status == "planned" and not writer.repaired:
-                        plan.status = "nothing"
-                    for name in ("status", "violations", "changes", "samples", "untouched", "untouched_samples", "reason"):
-                        setattr(outcome, name, getattr(plan, name))
-                    problem = _verify(ctx, registry, rule, writer, untouched, scope_counts) if plan.status == "planned" else None
-                except Exception as exc:
-                    problem = f"{type(exc).__name__}: {exc}"
-                if problem is not None:
-                    conn.execute("ROLLBACK TO repair_rule")
-                    conn.execute("RELEASE repair_rule")
-                    outcome.status, outcome.rolled_back = "rolled back", problem
-                    continue
-                conn.execute("RELEASE repair_rule")
-                if plan.status == "planned":
-                    seq = writer.seq
-                    outcome.status, outcome.verified = "applied", True
+                if known is None:
+                    pending.append(rule)
+            # First all repairs at once, verified by one re-run of the rules (one ledger scan
+            # instead of one per rule); if that verification fails, undo them all and go rule by
+            # rule, so each rule stands or falls on its own and the report says which and why.
+            outcomes = _apply_together(ctx, conn, registry, pending, census, scope_counts, result.run_id,
+                                       backup_once, sample, say) if len(pending) > 1 else None
+            if outcomes is None:
+                outcomes = _apply_one_by_one(ctx, conn, registry, pending, census, scope_counts, result.run_id,
+                                             backup_once, sample, say)
+            for rule in rules:
+                if rule.id in outcomes:
+                    result.rules.append(outcomes[rule.id])
+                else:
+                    result.rules.append(RuleOutcome(**vars(_from_census(rule, census.results[rule.id]))))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -235,6 +235,7 @@ def execute_rules(
     thread (SQLite releases the GIL while it works) while this thread runs the Python scans, and
     rules reading a file that turns out damaged are reported as skipped afterwards.
     """
+    ctx.cache.pop("foreign_key_check", None)  # one pass per run: the files may have changed since
     results = {r.id: RuleResult(r) for r in rules}
     collectors = {r.id: _Collector(results[r.id], sample, accepted, collect, observe) for r in rules}
     databases = sorted({d for r in rules for d in r.databases})
