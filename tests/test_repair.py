@@ -378,7 +378,8 @@ def test_undo_restores_the_logical_content_of_every_table(cycle: Cycle) -> None:
 
 
 def test_a_repair_larger_than_one_batch_is_exact_and_undoable(tmp_path: Path) -> None:
-    """Thousands of changes per rule: written in several batches while the ledger scan still streams."""
+    """Thousands of changes per rule: written in several batches while the ledger scan still streams,
+    and undone in several chunks of the journal."""
     from toolkit.repair import engine
 
     settings = _settings(tmp_path)
@@ -395,7 +396,9 @@ def test_a_repair_larger_than_one_batch_is_exact_and_undoable(tmp_path: Path) ->
     assert len(log_rows(settings, result.run_id)) == result.applied_changes == sum(planned.values())
     assert plan_repairs(settings, registry=REGISTRY, sample=0).total_changes == 0
 
-    undo_repair(settings, result.run_id)
+    assert result.applied_changes > engine._UNDO_CHUNK  # the undo reads its journal in several chunks
+    undone = undo_repair(settings, result.run_id)
+    assert undone.rows == result.applied_changes
     assert tables(settings) == before
     report = run_checks(settings, registry=REGISTRY, collect=True, record=False)
     for rule_id in defects:

@@ -25,6 +25,7 @@ Repairs never delete ledger rows; rows removed from derived tables (positions) a
 """
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import sys
@@ -826,11 +827,64 @@ def list_repairs(settings: Settings, *, limit: int = 20) -> list[RepairRun]:
 
 # -- undo ------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=256)
+def _row_sql(op: str, database: str, table: str, keys: tuple[str, ...], columns: tuple[str, ...]) -> str:
+    """The statement reading (``select``), updating, deleting or inserting one row by its key."""
+    target = f"{quote_ident(database)}.{quote_ident(table)}"
+    where = " AND ".join(f"{quote_ident(k)} = ?" for k in keys)
+    if op == "select":
+        return f"SELECT {', '.join(quote_ident(c) for c in columns) or '1'} FROM {target} WHERE {where}"
+    if op == "update":
+        return f"UPDATE {target} SET {', '.join(f'{quote_ident(c)} = ?' for c in columns)} WHERE {where}"
+    if op == "delete":
+        return f"DELETE FROM {target} WHERE {where}"
+    return f"INSERT INTO {target} ({', '.join(quote_ident(c) for c in columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
 def _current(conn: sqlite3.Connection, database: str, table: str, key: dict, columns: Iterable[str]) -> tuple | None:
-    cols = list(columns)
-    where = " AND ".join(f"{quote_ident(k)} = ?" for k in key)
-    sql = f"SELECT {', '.join(quote_ident(c) for c in cols) or '1'} FROM {quote_ident(database)}.{quote_ident(table)} WHERE {where}"
-    return conn.execute(sql, list(key.values())).fetchone()
+    return conn.execute(_row_sql("select", database, table, tuple(key), tuple(columns)), list(key.values())).fetchone()
+
+
+#: Journal rows an undo holds in memory at a time.
+_UNDO_CHUNK = 5_000
+
+
+def _journal_chunks(conn: sqlite3.Connection, name: str, run_id: str) -> Iterator[list[tuple]]:
+    """A run's journal rows in one file, newest first, a chunk at a time (read ahead of the writes:
+    the undo appends its own rows to the same table while it goes)."""
+    below = 1 << 62
+    while True:
+        rows = conn.execute(
+            f"SELECT seq, rule_id, table_name, op, row_key, before, after FROM {quote_ident(name)}._toolkit_repair_journal "
+            "WHERE run_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?", (run_id, below, _UNDO_CHUNK)).fetchall()
+        if not rows:
+            return
+        yield rows
+        below = rows[-1][0]
+
+
+def _undo_conflict(conn: sqlite3.Connection, name: str, table: str, op: str, key: dict, after: str | None) -> str | None:
+    """Why a journaled change can no longer be undone (the row is not as the repair left it), or None."""
+    if op == "delete":
+        if _current(conn, name, table, key, []) is not None:
+            return f"{name}.{table} {key}: a row was inserted where the repair deleted one"
+        return None
+    wanted = json.loads(after)  # type: ignore[arg-type]
+    current = _current(conn, name, table, key, wanted)
+    if current is None or list(current) != list(wanted.values()):
+        return f"{name}.{table} {key}: changed since the repair ({'missing' if current is None else dict(zip(wanted, current))})"
+    return None
+
+
+def _undo_statement(name: str, table: str, op: str, key: dict, before: str | None, after: str | None) -> tuple[str, list, str]:
+    """The statement that reverses one journaled change, its parameters, and the reverse op."""
+    if op == "update":
+        old = json.loads(before)  # type: ignore[arg-type]
+        return _row_sql("update", name, table, tuple(key), tuple(old)), [*old.values(), *key.values()], "update"
+    if op == "insert":
+        return _row_sql("delete", name, table, tuple(key), ()), list(key.values()), "delete"
+    old = json.loads(before)  # type: ignore[arg-type]
+    return _row_sql("insert", name, table, (), tuple(old)), list(old.values()), "insert"
 
 
 def undo_repair(settings: Settings, run_id: str, *, progress: Callable[[str], None] | None = None) -> UndoResult:
@@ -860,60 +914,55 @@ def undo_repair(settings: Settings, run_id: str, *, progress: Callable[[str], No
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise translate_error(exc, settings.data_dir, action="starting the undo") from exc
-            entries: dict[str, list[tuple]] = {}
-            for name in DATABASES:
-                if conn.execute(f"SELECT 1 FROM {quote_ident(name)}.sqlite_master WHERE name = '_toolkit_repair_journal'").fetchone():
-                    entries[name] = conn.execute(
-                        f"SELECT seq, rule_id, table_name, op, row_key, before, after FROM {quote_ident(name)}._toolkit_repair_journal "
-                        "WHERE run_id = ? ORDER BY seq DESC", (run_id,)).fetchall()
-            conflicts = []
-            for name, rows in entries.items():
-                for seq, rule_id, table, op, row_key, before, after in rows:
-                    key = json.loads(row_key)
-                    if op == "delete":
-                        if _current(conn, name, table, key, []) is not None:
-                            conflicts.append(f"{name}.{table} {key}: a row was inserted where the repair deleted one")
-                        continue
-                    wanted = json.loads(after)
-                    current = _current(conn, name, table, key, wanted)
-                    if current is None or list(current) != list(wanted.values()):
-                        conflicts.append(f"{name}.{table} {key}: changed since the repair ({'missing' if current is None else dict(zip(wanted, current))})")
-            if conflicts:
+            files = [name for name in DATABASES
+                     if conn.execute(f"SELECT 1 FROM {quote_ident(name)}.sqlite_master WHERE name = '_toolkit_repair_journal'").fetchone()
+                     and conn.execute(f"SELECT 1 FROM {quote_ident(name)}._toolkit_repair_journal WHERE run_id = ? LIMIT 1",
+                                      (run_id,)).fetchone()]
+            say("checking that the repaired rows are as the repair left them")
+            conflicts: list[str] = []
+            found = 0
+            for name in files:
+                for rows in _journal_chunks(conn, name, run_id):
+                    for seq, rule_id, table, op, row_key, before, after in rows:
+                        problem = _undo_conflict(conn, name, table, op, json.loads(row_key), after)
+                        if problem is not None:
+                            found += 1
+                            if len(conflicts) < 2:
+                                conflicts.append(problem)
+            if found:
                 raise RepairConflict(
-                    f"cannot undo {run_id}: {len(conflicts)} row(s) changed since it ran, e.g. {conflicts[0]}"
+                    f"cannot undo {run_id}: {found} row(s) changed since it ran, e.g. {conflicts[0]}"
                     + (f"; also {conflicts[1]}" if len(conflicts) > 1 else ""),
                     hint="nothing was changed; repair again, or restore a backup with `migrate restore`")
-            backed_up = set()
             now = int(time.time())
-            for name, rows in entries.items():
-                if rows and name not in backed_up:
-                    backed_up.add(name)
-                    say(f"backing up {name}")
-                    item = take_backup(settings, name, "pre-undo")
-                    if item is not None:
-                        result.backups.append(item)
-                journal = []
-                for n, (seq, rule_id, table, op, row_key, before, after) in enumerate(rows, 1):
-                    key = json.loads(row_key)
-                    target = f"{quote_ident(name)}.{quote_ident(table)}"
-                    where = " AND ".join(f"{quote_ident(k)} = ?" for k in key)
-                    if op == "update":
-                        old = json.loads(before)
-                        conn.execute(f"UPDATE {target} SET {', '.join(f'{quote_ident(c)} = ?' for c in old)} WHERE {where}",
-                                     [*old.values(), *key.values()])
-                        journal.append((undo_id, n, rule_id, table, "update", row_key, after, before, now))
-                    elif op == "insert":
-                        conn.execute(f"DELETE FROM {target} WHERE {where}", list(key.values()))
-                        journal.append((undo_id, n, rule_id, table, "delete", row_key, after, None, now))
-                    else:
-                        old = json.loads(before)
-                        conn.execute(f"INSERT INTO {target} ({', '.join(quote_ident(c) for c in old)}) VALUES ({', '.join('?' * len(old))})",
-                                     list(old.values()))
-                        journal.append((undo_id, n, rule_id, table, "insert", row_key, None, before, now))
-                    result.rows += 1
-                conn.executemany(
-                    f"INSERT INTO {quote_ident(name)}._toolkit_repair_journal (run_id, seq, rule_id, table_name, op, row_key, "
-                    "before, after, at, reverses) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [row + (run_id,) for row in journal])
+            for name in files:
+                say(f"backing up {name}")
+                item = take_backup(settings, name, "pre-undo")
+                if item is not None:
+                    result.backups.append(item)
+                say(f"restoring {name}")
+                n = 0
+                for rows in _journal_chunks(conn, name, run_id):
+                    statements: list[tuple[str, list]] = []
+                    journal = []
+                    for seq, rule_id, table, op, row_key, before, after in rows:
+                        n += 1
+                        sql, params, reverse = _undo_statement(name, table, op, json.loads(row_key), before, after)
+                        if statements and statements[-1][0] == sql:
+                            statements[-1][1].append(params)
+                        else:
+                            statements.append((sql, [params]))
+                        journal.append((undo_id, n, rule_id, table, reverse, row_key,
+                                        after if op != "delete" else None, before if op != "insert" else None, now, run_id))
+                    for sql, batch in statements:
+                        cursor = conn.executemany(sql, batch)
+                        if cursor.rowcount != len(batch):  # the conflict check above makes this unreachable
+                            raise RepairConflict(f"cannot undo {run_id}: {name} changed while undoing",
+                                                 hint="nothing was changed; run the undo again")
+                    conn.executemany(
+                        f"INSERT INTO {quote_ident(name)}._toolkit_repair_journal (run_id, seq, rule_id, table_name, op, row_key, "
+                        "before, after, at, reverses) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", journal)
+                    result.rows += len(rows)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
