@@ -17,7 +17,6 @@ import jsonschema
 import pytest
 
 from toolkit.config import Settings, load_settings
-from toolkit.db import content_hash, table_hashes
 from toolkit.errors import UnknownNameError
 from toolkit.fixtures import attacks as attack_catalogue
 from toolkit.fixtures import generate
@@ -26,7 +25,8 @@ from toolkit.guard.harness import run_attacks
 from toolkit.rules import load_registry
 from toolkit.rules.registry import Registry
 
-FILES = ("positions", "trading", "ml_training", "migrations")
+from dbstate import file_hashes as contents
+
 REGISTRY = load_registry(plugins=False)
 ATTACK_IDS = [a.id for a in attack_catalogue.ATTACKS]
 DATA_ATTACKS = [a for a in attack_catalogue.ATTACKS if a.kind == "data"]
@@ -39,18 +39,6 @@ def _settings(data: Path) -> Settings:
 
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("TOOLKIT_DATA_DIR", "DB_PATH_PREFIX")}
-
-
-def contents(data: Path) -> dict[str, tuple[str, dict[str, str]]]:
-    """Per file: toolkit.db.content_hash and table_hashes, read through a separate plain connection."""
-    result = {}
-    for name in FILES:
-        conn = sqlite3.connect(data / f"{name}.db", isolation_level=None)
-        try:
-            result[name] = (content_hash(conn), table_hashes(conn))
-        finally:
-            conn.close()
-    return result
 
 
 # -- sessions ------------------------------------------------------------------------------------------

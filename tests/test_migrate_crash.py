@@ -21,6 +21,8 @@ import pytest
 from toolkit.errors import MigrationFailedError
 from toolkit.migrate.runner import upgrade
 
+import subproc
+
 pytestmark = pytest.mark.slow
 
 SLOW_PREAMBLE = """
@@ -41,6 +43,14 @@ if marker:
 """
 
 
+def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
+    return subproc.finish(proc, timeout, "the runner")
+
+
+def wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 20) -> None:
+    subproc.wait_for(marker, proc, timeout, "the runner")
+
+
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     for name in ("TOOLKIT_DATA_DIR", "DB_PATH_PREFIX", "TOOLKIT_TEST_MARKER", "TOOLKIT_TEST_SLEEP"):
@@ -52,29 +62,6 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *args], env=_env(env), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"process {proc.args} did not finish in {timeout} s:\n{out}\n{err}")
-    return proc.returncode, out, err
-
-
-def wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        if proc.poll() is not None:
-            code, out, err = finish(proc)
-            pytest.fail(f"the runner exited ({code}) before reaching the marker:\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            finish(proc)
-            pytest.fail("the runner never reached the marker")
-        time.sleep(0.02)
 
 
 def kill(proc: subprocess.Popen) -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from toolkit.config import load_settings
-from toolkit.db import content_hash, table_hashes
 from toolkit.fixtures import generate
 
-FILES = ("positions", "trading", "ml_training", "migrations")
+from dbstate import file_hashes as contents
+
 
 USER_TESTS = textwrap.dedent('''
     import os
@@ -115,17 +115,6 @@ BREACH_TESTS = textwrap.dedent('''
     def test_behind_the_back(rolled_back_db):
         assert rolled_back_db.execute("SELECT count(*) FROM ml_training.ensemble_weights").fetchone()[0] > 0
 ''')
-
-
-def contents(data: Path) -> dict[str, tuple[str, dict[str, str]]]:
-    result = {}
-    for name in FILES:
-        conn = sqlite3.connect(data / f"{name}.db", isolation_level=None)
-        try:
-            result[name] = (content_hash(conn), table_hashes(conn))
-        finally:
-            conn.close()
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,15 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from toolkit.config import ALL_FILES, DATABASES, Settings, load_settings
-from toolkit.db import content_hash, table_hashes
+from toolkit.config import DATABASES, Settings, load_settings
 from toolkit.errors import UsageError
 from toolkit.fixtures import DEFECT_KINDS, generate
 from toolkit.repair.engine import RepairConflict, apply_repairs, list_repairs, plan_repairs, undo_repair
 from toolkit.repair.model import Change, changed_columns
 from toolkit.rules import Registry, Violation, load_registry, rule, run_checks
+from dbstate import content_hashes, tables
+from dbstate import query as _query
+from dbstate import ro as _ro
 
 #: The bundled catalogue (third-party plugins installed in the environment are not ours to test; a
 #: new bundled repairable rule lands here, and so in every parametrized test below, automatically).
@@ -57,42 +59,6 @@ EVERYTHING = 1_000_000  # a sample size that shows every change of a plan
 
 def _settings(directory: Path) -> Settings:
     return load_settings(directory / "data", cwd=directory, env={}, busy_timeout=2.0, lock_timeout=5.0)
-
-
-def _ro(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
-
-
-def _query(settings: Settings, name: str, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = _ro(settings.path(name))
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
-def content_hashes(settings: Settings) -> dict[str, str]:
-    """One logical hash per file, the toolkit's own migrations.db included."""
-    result = {}
-    for name in ALL_FILES:
-        conn = _ro(settings.path(name))
-        try:
-            result[name] = content_hash(conn)
-        finally:
-            conn.close()
-    return result
-
-
-def tables(settings: Settings) -> dict[str, dict[str, str]]:
-    """table_hashes of every data file (``_toolkit_*`` bookkeeping excluded by design)."""
-    result = {}
-    for name in DATABASES:
-        conn = _ro(settings.path(name))
-        try:
-            result[name] = table_hashes(conn)
-        finally:
-            conn.close()
-    return result
 
 
 def ledger_counts(settings: Settings) -> dict[str, int]:

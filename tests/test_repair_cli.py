@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.config import ALL_FILES, DATABASES, Settings, load_settings
-from toolkit.db import content_hash, table_hashes
+from dbstate import content_hashes as content
+from dbstate import query, tables
+from toolkit.config import Settings, load_settings
 from toolkit.fixtures import generate
 from toolkit.repair.engine import apply_repairs
 from toolkit.rules import load_registry, run_checks
@@ -42,41 +43,6 @@ NOT_REPAIRABLE = {"orphaned_sells", "qtable_unsafe_keys"}
 
 def _settings(data_dir: Path) -> Settings:
     return load_settings(data_dir, cwd=data_dir.parent, env={}, busy_timeout=2.0, lock_timeout=5.0)
-
-
-def _ro(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
-
-
-def query(settings: Settings, name: str, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = _ro(settings.path(name))
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
-def content(settings: Settings) -> dict[str, str]:
-    """The logical content of every file, migrations.db (the repair log) included."""
-    result = {}
-    for name in ALL_FILES:
-        conn = _ro(settings.path(name))
-        try:
-            result[name] = content_hash(conn)
-        finally:
-            conn.close()
-    return result
-
-
-def tables(settings: Settings) -> dict[str, dict[str, str]]:
-    result = {}
-    for name in DATABASES:
-        conn = _ro(settings.path(name))
-        try:
-            result[name] = table_hashes(conn)
-        finally:
-            conn.close()
-    return result
 
 
 def errors(stderr: str) -> list[str]:

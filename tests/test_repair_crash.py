@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -26,9 +25,11 @@ from pathlib import Path
 import pytest
 
 from toolkit.config import DATABASES, Settings, load_settings
-from toolkit.db import content_hash, table_hashes
 from toolkit.fixtures import generate
 from toolkit.rules import load_registry, run_checks
+
+import subproc
+from dbstate import content_hashes, query, tables
 
 pytestmark = pytest.mark.slow
 
@@ -75,42 +76,16 @@ WRAPPER = textwrap.dedent("""
 """)
 
 
+def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
+    return subproc.finish(proc, timeout, "the repair")
+
+
+def wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 30) -> None:
+    subproc.wait_for(marker, proc, timeout, "the repair")
+
+
 def _settings(data_dir: Path) -> Settings:
     return load_settings(data_dir, cwd=data_dir.parent, env={}, busy_timeout=2.0, lock_timeout=5.0)
-
-
-def _ro(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
-
-
-def query(settings: Settings, name: str, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = _ro(settings.path(name))
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
-def contents(settings: Settings) -> dict[str, str]:
-    result = {}
-    for name in DATABASES:
-        conn = _ro(settings.path(name))
-        try:
-            result[name] = content_hash(conn)
-        finally:
-            conn.close()
-    return result
-
-
-def tables(settings: Settings) -> dict[str, dict[str, str]]:
-    result = {}
-    for name in DATABASES:
-        conn = _ro(settings.path(name))
-        try:
-            result[name] = table_hashes(conn)
-        finally:
-            conn.close()
-    return result
 
 
 def journal(settings: Settings, name: str) -> list[tuple]:
@@ -132,29 +107,6 @@ def start_repair(settings: Settings, point: str, marker: Path) -> subprocess.Pop
         [sys.executable, "-c", WRAPPER, "--data-dir", str(settings.data_dir), "repair", "--apply", "--yes"],
         env=_env({"REPAIR_CRASH": point, "REPAIR_MARKER": str(marker)}),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"the repair did not finish in {timeout} s:\n{out}\n{err}")
-    return proc.returncode, out, err
-
-
-def wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        if proc.poll() is not None:
-            code, out, err = finish(proc)
-            pytest.fail(f"the repair exited ({code}) before reaching the marker:\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            finish(proc)
-            pytest.fail("the repair never reached the marker")
-        time.sleep(0.02)
 
 
 def gate_fingerprints(cli, settings: Settings) -> dict[str, set[str]]:
@@ -180,18 +132,18 @@ def session(template, tmp_path: Path):
 
 def test_sigkill_mid_apply_leaves_every_file_as_it_was(session, cli, tmp_path: Path) -> None:
     settings, manifest = session
-    before = contents(settings)
+    before = content_hashes(settings, DATABASES)
     marker = tmp_path / "inside-the-transaction"
     proc = start_repair(settings, "mid-apply", marker)
     wait_for(marker, proc)
     # the writer has written to every file (uncommitted): another reader still sees the old state
-    assert contents(settings) == before
+    assert content_hashes(settings, DATABASES) == before
     os.kill(proc.pid, signal.SIGKILL)
     code, _, _ = finish(proc)
     assert code == -signal.SIGKILL
 
     # COMMIT never happened: each file has none of its repair, and no journal row or log entry
-    assert contents(settings) == before
+    assert content_hashes(settings, DATABASES) == before
     assert all(journal(settings, name) == [] for name in DATABASES)
     assert query(settings, "migrations", "SELECT count(*) FROM repair_runs")[0][0] == 0
     assert query(settings, "migrations", "SELECT count(*) FROM repair_log")[0][0] == 0

@@ -16,7 +16,8 @@ from pathlib import Path
 from ..config import DATABASES, Settings
 from ..db import connect, translate_error
 from ..errors import DatabaseFileError
-from ..history import iso
+from ..history import iso, open_history
+from ..lock import data_dir_lock
 from .discovery import Migration
 
 __all__ = [
@@ -244,3 +245,16 @@ def reconcile(
             history.execute("ROLLBACK")
         raise
     return notes
+
+
+def reconcile_if_free(settings: Settings, states: dict[str, FileState], migrations: Sequence[Migration],
+                      command: str) -> list[str]:
+    """Reconcile the migration ledger with the files under the data-directory lock, without waiting
+    for it: raises ``LockTimeoutError`` when another process holds it (the caller reads instead)."""
+    with data_dir_lock(settings.lock_path, timeout=0, command=command):
+        history = open_history(settings)
+        assert history is not None
+        try:
+            return reconcile(history, states, migrations)
+        finally:
+            history.close()

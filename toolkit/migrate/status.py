@@ -10,10 +10,10 @@ from ..config import DATABASES, Settings
 from ..db import is_read_only
 from ..errors import LockTimeoutError
 from ..history import open_history
-from ..lock import data_dir_lock, read_holder
+from ..lock import read_holder
 from .plan import drifted, unknown_applied
 from .runner import load_migrations
-from .state import read_states, reconcile
+from .state import read_states, reconcile, reconcile_if_free
 
 __all__ = ["DatabaseStatus", "StatusReport", "status"]
 
@@ -69,13 +69,7 @@ def status(settings: Settings) -> StatusReport:
             history.close()
     elif initialised:
         try:
-            with data_dir_lock(settings.lock_path, timeout=0, command="migrate status"):
-                history = open_history(settings)
-                assert history is not None
-                try:
-                    report.reconciled = reconcile(history, states, migrations)
-                finally:
-                    history.close()
+            report.reconciled = reconcile_if_free(settings, states, migrations, "migrate status")
         except LockTimeoutError:
             holder = read_holder(settings.lock_path)
             report.lock_holder = holder.describe() if holder else "another process"

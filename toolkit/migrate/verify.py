@@ -14,14 +14,12 @@ from dataclasses import asdict, dataclass, field
 
 from ..config import DATABASES, Settings
 from ..db import connect, quick_check, quote_ident, translate_error
-from ..errors import NotInitialisedError
+from ..errors import LockTimeoutError, NotInitialisedError
 from ..history import open_history
-from ..lock import data_dir_lock
-from ..errors import LockTimeoutError
 from .discovery import Migration, MigrationContext
 from .plan import drifted, unknown_applied
 from .runner import load_migrations
-from .state import FileState, read_states, reconcile
+from .state import FileState, read_states, reconcile_if_free
 
 __all__ = ["Finding", "VerifyReport", "verify", "expected_schema", "live_schema", "schema_differences", "normalize_sql"]
 
@@ -138,13 +136,7 @@ def verify(settings: Settings) -> VerifyReport:
     report = VerifyReport(str(settings.data_dir))
     states: dict[str, FileState] = read_states(settings, DATABASES)
     try:
-        with data_dir_lock(settings.lock_path, timeout=0, command="migrate verify"):
-            history = open_history(settings)
-            assert history is not None
-            try:
-                report.reconciled = reconcile(history, states, migrations)
-            finally:
-                history.close()
+        report.reconciled = reconcile_if_free(settings, states, migrations, "migrate verify")
     except LockTimeoutError:
         pass  # another runner is working; the ledger comparison below still reports disagreement
     history = open_history(settings, readonly=True)

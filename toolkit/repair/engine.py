@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
