@@ -207,7 +207,9 @@ def sarif_validator():
     candidates = []
     if os.environ.get("TOOLKIT_SARIF_SCHEMA"):
         candidates.append(Path(os.environ["TOOLKIT_SARIF_SCHEMA"]))
-    candidates.append(REPO.parent / "shared" / "data" / "sarif-schema-2.1.0.json")
+    # beside the checkout (the project's shared reference files), or where the team keeps them
+    for root in (REPO.parent, Path("/work")):
+        candidates.append(root / "shared" / "data" / "sarif-schema-2.1.0.json")
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         pytest.skip("the official SARIF 2.1.0 schema was not found (looked at "
