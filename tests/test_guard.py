@@ -100,12 +100,16 @@ def refused(conn: sqlite3.Connection, sql: str, params: tuple = (), *, reason: s
         conn.execute(sql, params)
     exc = info.value
     assert re.search(reason, exc.reason, re.IGNORECASE), exc.reason
-    assert exc.statement == sql
     shown = " ".join(sql.split())
     assert shown[:60] in str(exc), str(exc)
     assert str(exc).startswith("guardrail: ")
     assert not conn.in_transaction, "a refused statement left a transaction open"
     return exc
+
+
+def rows_of(conn: sqlite3.Connection, *tables: str) -> dict[str, str]:
+    """Content hashes of the named tables (``trading.trades``), read through ``conn``."""
+    return {table: table_hashes(conn, table.split(".")[0])[table.split(".")[1]] for table in tables}
 
 
 def _trade_values(**extra: object) -> tuple[str, tuple]:
@@ -212,6 +216,7 @@ def test_temp_tables_stay_available_for_scratch_work(bot) -> None:
 @pytest.mark.parametrize("table", ["trades", "lot_matches", "account_adjustments"])
 @pytest.mark.parametrize("trusted", [False, True], ids=["bot", "trusted"])
 def test_ledger_rows_are_never_deleted(bot, table: str, trusted: bool) -> None:
+    count = bot.execute(f"SELECT count(*) FROM trading.{table}").fetchone()[0]
     sql = f"DELETE FROM trading.{table} WHERE rowid IN (SELECT rowid FROM trading.{table} LIMIT 1)"
     if trusted:
         with bot.trusted("a repair"):
@@ -220,6 +225,7 @@ def test_ledger_rows_are_never_deleted(bot, table: str, trusted: bool) -> None:
         refused(bot, sql, reason=f"DELETE from {table} is refused")
     # unqualified names resolve to the same table and are refused just the same
     refused(bot, f"DELETE FROM {table}", reason=f"DELETE from {table} is refused")
+    assert bot.execute(f"SELECT count(*) FROM trading.{table}").fetchone()[0] == count
 
 
 #: What a trade executed at (SPEC 3: the executed facts of a row): spelled out here, not read from the policy.
@@ -232,6 +238,8 @@ def test_the_policy_protects_every_executed_column() -> None:
 
 @pytest.mark.parametrize("column", EXECUTED)
 def test_executed_columns_are_never_updated(bot, column: str) -> None:
+    first = "SELECT * FROM trading.trades WHERE trade_id = (SELECT min(trade_id) FROM trading.trades)"
+    before = bot.execute(first).fetchone()
     sql = f"UPDATE trading.trades SET {column} = {column} WHERE trade_id = (SELECT min(trade_id) FROM trading.trades)"
     refused(bot, sql, reason=f"UPDATE of trades.{column} is refused")
     with bot.trusted("the trade writer"):
@@ -240,6 +248,7 @@ def test_executed_columns_are_never_updated(bot, column: str) -> None:
         refused(bot, f"INSERT INTO trading.trades SELECT * FROM trading.trades WHERE trade_id = 1 "
                      f"ON CONFLICT (trade_id) DO UPDATE SET {column} = excluded.{column}",
                 reason=f"UPDATE of trades.{column} is refused")
+    assert bot.execute(first).fetchone() == before
 
 
 @pytest.mark.parametrize("sql, params, reason", [
@@ -258,13 +267,17 @@ def test_executed_columns_are_never_updated(bot, column: str) -> None:
 ], ids=["insert-trade", "reopen-lot", "rewrite-pnl", "insert-match", "bankroll", "adjustment", "insert-position",
         "inflate-position", "delete-positions", "delete-closed-positions"])
 def test_raw_writes_to_the_ledger_and_positions_need_the_trade_writer(bot, sql: str, params: tuple, reason: str) -> None:
+    before = {name: table_hashes(bot, name) for name in ("trading", "positions")}
     refused(bot, sql, params, reason=reason)
+    assert {name: table_hashes(bot, name) for name in ("trading", "positions")} == before
 
 
 def test_account_adjustments_are_never_rewritten(bot) -> None:
+    before = rows_of(bot, "trading.account_adjustments")
     with bot.trusted("a repair"):
         refused(bot, "UPDATE trading.account_adjustments SET amount = amount * 2",
                 reason="UPDATE of account_adjustments is refused")
+    assert rows_of(bot, "trading.account_adjustments") == before
 
 
 @pytest.mark.parametrize("sql, params, reason", [
@@ -316,6 +329,7 @@ def test_every_declared_guard_is_installed_as_a_temp_trigger(bot, data: Settings
 
 
 def test_snapshot_equity_guard(bot) -> None:
+    before = rows_of(bot, "trading.portfolio_snapshots")
     sid = "(SELECT min(snapshot_id) FROM trading.portfolio_snapshots)"
     refused(bot, f"UPDATE trading.portfolio_snapshots SET total_equity = total_equity + 1000 WHERE snapshot_id = {sid}",
             reason="snapshot_equity_mismatch: total equity must be cash \\+ long market value - short market value")
@@ -324,9 +338,11 @@ def test_snapshot_equity_guard(bot) -> None:
     refused(bot, "INSERT INTO trading.portfolio_snapshots (snapshot_date, snapshot_time, total_equity, cash_balance, "
                  "long_market_value, short_market_value) VALUES ('2030-01-02', 1893542400, 1500, 1000, 400, 0)",
             reason="snapshot_equity_mismatch")
+    assert rows_of(bot, "trading.portfolio_snapshots") == before
 
 
 def test_order_fill_guards(bot) -> None:
+    before = rows_of(bot, "trading.orders")
     refused(bot, "INSERT INTO trading.orders (order_id, ticker, order_type, side, quantity, status, filled_quantity, "
                  "filled_avg_price, submitted_at) VALUES ('O-BOT-1', 'AAPL', 'market', 'buy', 10, 'filled', 10, 100, 1)",
             reason="order_fill_mismatch: a new order has no fills yet")
@@ -336,17 +352,21 @@ def test_order_fill_guards(bot) -> None:
     refused(bot, f"UPDATE trading.orders SET filled_avg_price = filled_avg_price * 1.5 WHERE order_id = {order}",
             reason="order_fill_mismatch")
     refused(bot, f"UPDATE trading.orders SET status = 'submitted' WHERE order_id = {order}", reason="order_fill_mismatch")
+    assert rows_of(bot, "trading.orders") == before
 
 
 def test_active_ensemble_weights_are_immutable(bot) -> None:
+    before = rows_of(bot, "ml_training.ensemble_weights")
     wid = "(SELECT min(weight_id) FROM ml_training.ensemble_weights WHERE is_active = 1)"
     refused(bot, f"UPDATE ml_training.ensemble_weights SET weight = weight * 0.5 WHERE weight_id = {wid}",
             reason="ensemble_weights_sum: an active ensemble's weights are immutable")
     refused(bot, f"UPDATE ml_training.ensemble_weights SET ensemble_id = 'ens-other' WHERE weight_id = {wid}",
             reason="ensemble_weights_sum")
+    assert rows_of(bot, "ml_training.ensemble_weights") == before
 
 
 def test_rl_model_state_guards(bot) -> None:
+    before = rows_of(bot, "ml_training.rl_model_states")
     model = "(SELECT min(model_id) FROM ml_training.rl_model_states)"
     refused(bot, "UPDATE ml_training.rl_model_states SET hyperparameters = json_remove(hyperparameters, '$.avg_reward') "
                  f"WHERE model_id = {model}", reason="rl_state_missing_avg_reward: hyperparameters must carry avg_reward")
@@ -359,6 +379,7 @@ def test_rl_model_state_guards(bot) -> None:
                  "VALUES ('m-evil', 'Q_LEARNING', '{\"exec(1)\": {}}', "
                  "'{\"total_episodes\": 2, \"total_rewards\": 1.0, \"avg_reward\": 0.5}', 0, 0)",
             reason="qtable_unsafe_keys")
+    assert rows_of(bot, "ml_training.rl_model_states") == before
 
 
 def test_foreign_keys_are_enforced(bot) -> None:
@@ -366,6 +387,8 @@ def test_foreign_keys_are_enforced(bot) -> None:
                  "VALUES ('run-ghost', '2025-01-01', 'test', 9.9, 0)", reason="foreign key constraint")
     refused(bot, "INSERT INTO trading.fills (fill_id, order_id, ticker, side, quantity, price, filled_at, commission) "
                  "VALUES ('F-GHOST', 'O-GHOST', 'AAPL', 'buy', 1, 10, 0, 0)", reason="foreign key constraint")
+    assert bot.execute("SELECT count(*) FROM ml_training.agent_performance WHERE run_id = 'run-ghost'").fetchone() == (0,)
+    assert bot.execute("SELECT count(*) FROM trading.fills WHERE fill_id = 'F-GHOST'").fetchone() == (0,)
 
 
 def test_without_guardrails_the_connection_is_plain_but_still_a_session_connection(data: Settings) -> None:

@@ -26,7 +26,9 @@ Repairs never delete ledger rows; rows removed from derived tables (positions) a
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import threading
 import sqlite3
 import time
 from collections import Counter
@@ -262,6 +264,29 @@ def plan_repairs(settings: Settings, *, rule_ids: Iterable[str] | None = None, s
 _json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode  # one canonical form, for keys too
 
 
+@functools.lru_cache(maxsize=256)
+def _row_sql(op: str, database: str, table: str, keys: tuple[str, ...], columns: tuple[str, ...]) -> str:
+    """The statement reading (``select``), updating, deleting or inserting one row by its key."""
+    target = f"{quote_ident(database)}.{quote_ident(table)}"
+    where = " AND ".join(f"{quote_ident(k)} = ?" for k in keys)
+    if op == "select":
+        return f"SELECT {', '.join(quote_ident(c) for c in columns) or '*'} FROM {target} WHERE {where}"
+    if op == "update":
+        return f"UPDATE {target} SET {', '.join(f'{quote_ident(c)} = ?' for c in columns)} WHERE {where}"
+    if op == "delete":
+        return f"DELETE FROM {target} WHERE {where}"
+    return f"INSERT INTO {target} ({', '.join(quote_ident(c) for c in columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+def _journal(conn: sqlite3.Connection, database: str, rows: list[tuple]) -> None:
+    """Append (run_id, seq, rule_id, table, op, key, before, after, at, reverses) rows to a file's journal."""
+    conn.executemany(
+        f"INSERT INTO {quote_ident(database)}._toolkit_repair_journal (run_id, seq, rule_id, table_name, op, row_key, "
+        "before, after, at, reverses) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+
+
 def _same(a: Any, b: Any) -> bool:
     return a is None and b is None or (type(a) is type(b) and a == b)
 
@@ -304,14 +329,8 @@ class _Writer:
         self.pending = []
         self._tickers.clear()  # trade -> ticker, for this batch's scopes
         for changes in by_table.values():
-            start = 0
-            while start < len(changes):
-                signature = _signature(changes[start])
-                end = start + 1
-                while end < len(changes) and _signature(changes[end]) == signature:
-                    end += 1
-                self._execute(changes[start:end])
-                start = end
+            for _, run in itertools.groupby(changes, key=_signature):
+                self._execute(list(run))
 
     def _scope(self, change: Change) -> str | None:
         """The ticker a changed row belongs to, read from the ledger."""
@@ -325,14 +344,11 @@ class _Writer:
             return change.key.get("ticker") or (change.after or change.before or {}).get("ticker")
         return None
 
-    def _current(self, batch: list[Change], table: str, keys: list[str], where: str) -> list[Change]:
+    def _current(self, batch: list[Change], keys: tuple[str, ...]) -> list[Change]:
         """Refresh each change's "before" from the row as it is now; drop updates that change nothing."""
         first = batch[0]
-        if first.op == "update":
-            columns = list(first.after or {})
-            select = f"SELECT {', '.join(quote_ident(c) for c in columns)} FROM {table} WHERE {where}"
-        else:
-            select = f"SELECT * FROM {table} WHERE {where}"
+        columns = tuple(first.after or {}) if first.op == "update" else ()
+        select = _row_sql("select", first.database, first.table, keys, columns)
         live = []
         for change in batch:
             cursor = self.conn.execute(select, [change.key[k] for k in keys])
@@ -353,26 +369,23 @@ class _Writer:
     def _execute(self, batch: list[Change]) -> None:
         first = batch[0]
         database = first.database
-        table = f"{quote_ident(database)}.{quote_ident(first.table)}"
-        keys = list(first.key)
-        where = " AND ".join(f"{quote_ident(k)} = ?" for k in keys)
+        keys = tuple(first.key)
         if first.op in ("update", "delete"):
-            batch = self._current(batch, table, keys, where)
+            batch = self._current(batch, keys)
             if not batch:
                 return
         if database not in self.seq:
             self.before_first_write(database)
             self.seq[database] = 0
+        columns = tuple(first.after or {})
         if first.op == "update":
-            columns = list(first.after or {})
-            sql = f"UPDATE {table} SET {', '.join(f'{quote_ident(c)} = ?' for c in columns)} WHERE {where}"
+            sql = _row_sql("update", database, first.table, keys, columns)
             params = [[c.after[col] for col in columns] + [c.key[k] for k in keys] for c in batch]  # type: ignore[index]
         elif first.op == "insert":
-            columns = list(first.after or {})
-            sql = f"INSERT INTO {table} ({', '.join(quote_ident(c) for c in columns)}) VALUES ({', '.join('?' * len(columns))})"
+            sql = _row_sql("insert", database, first.table, (), columns)
             params = [[c.after[col] for col in columns] for c in batch]  # type: ignore[index]
         else:
-            sql = f"DELETE FROM {table} WHERE {where}"
+            sql = _row_sql("delete", database, first.table, keys, ())
             params = [[c.key[k] for k in keys] for c in batch]
         cursor = self.conn.executemany(sql, params)
         if cursor.rowcount != len(batch):
@@ -385,15 +398,13 @@ class _Writer:
             seq += 1
             rows.append((self.run_id, seq, change.rule_id, change.table, change.op, _json(change.key),
                          None if change.before is None else _json(change.before),
-                         None if change.after is None else _json(change.after), self.now))
+                         None if change.after is None else _json(change.after), self.now, None))
             scope = self._scope(change)
             if scope is not None:
                 self.scopes.add(scope)
         self.touched.add((database, first.table))
         self.seq[database] = seq
-        self.conn.executemany(
-            f"INSERT INTO {quote_ident(database)}._toolkit_repair_journal (run_id, seq, rule_id, table_name, op, row_key, "
-            "before, after, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        _journal(self.conn, database, rows)
         self.repaired += len(batch)
 
 
@@ -416,8 +427,6 @@ class _Census:
 
     def __init__(self, ctx: CheckContext, rules: list[Rule], repairable: Iterable[Rule], *, sample: int = 0,
                  limit: int = CENSUS_BUFFER, worker: Callable[[], sqlite3.Connection] | None = None) -> None:
-        import threading
-
         self.by_scope: dict[str, Counter] = {r.id: Counter() for r in rules}
         self.kept: dict[str, list[Violation]] = {r.id: [] for r in repairable}
         self.overflow: set[str] = set()
@@ -562,70 +571,85 @@ def _write_rule(ctx: CheckContext, rule: Rule, census: _Census, writer: _Writer,
     return _Written(rule, outcome, writer, untouched)
 
 
-def _apply_together(ctx: CheckContext, conn: sqlite3.Connection, registry: Registry, rules: list[Rule],
-                    census: _Census, scope_counts: dict[str, Counter], run_id: str,
-                    backup_once: Callable[[str], None], sample: int, say: Callable[[str], None]) -> dict[str, RuleOutcome] | None:
-    """Every rule's repair in one savepoint, verified once; None (and nothing changed) if any rule's
-    repair raised or the verification failed."""
-    written: list[_Written] = []
-    seq: dict[str, int] = {}
-    now = int(time.time())
-    counts = {rule_id: Counter(by) for rule_id, by in scope_counts.items()}
-    conn.execute("SAVEPOINT repair_all")
-    try:
-        for rule in rules:
-            say(f"repairing {rule.id}")
-            writer = _Writer(conn, run_id, now, backup_once, seq=seq)
-            written.append(_write_rule(ctx, rule, census, writer, sample))
-            seq = writer.seq
-        done = [w for w in written if w.outcome.status == "planned"]
-        say("verifying the repairs")
-        problem = _verify(ctx, registry, done, counts) if done else None
-    except Exception as exc:
-        problem = f"{type(exc).__name__}: {exc}"
-    if problem is not None:
-        conn.execute("ROLLBACK TO repair_all")
-        conn.execute("RELEASE repair_all")
-        say(f"verifying the repairs together failed ({problem}): repairing rule by rule")
-        return None
-    conn.execute("RELEASE repair_all")
-    scope_counts.clear()
-    scope_counts.update(counts)
-    for item in written:
-        if item.outcome.status == "planned":
-            item.outcome.status, item.outcome.verified = "applied", True
-    return {w.rule.id: w.outcome for w in written}
+@dataclass
+class _Apply:
+    """What applying needs, shared by the two ways of applying (together, then one by one)."""
 
+    ctx: CheckContext
+    conn: sqlite3.Connection
+    registry: Registry
+    census: _Census
+    run_id: str
+    backup_once: Callable[[str], None]
+    sample: int
+    say: Callable[[str], None]
+    now: int = field(default_factory=lambda: int(time.time()))
 
-def _apply_one_by_one(ctx: CheckContext, conn: sqlite3.Connection, registry: Registry, rules: list[Rule],
-                      census: _Census, scope_counts: dict[str, Counter], run_id: str,
-                      backup_once: Callable[[str], None], sample: int, say: Callable[[str], None]) -> dict[str, RuleOutcome]:
-    """Each rule's repair in its own savepoint, verified before the next; a rule whose repair fails
-    verification is rolled back alone."""
-    outcomes: dict[str, RuleOutcome] = {}
-    seq: dict[str, int] = {}
-    now = int(time.time())
-    for rule in rules:
-        say(f"repairing {rule.id}")
-        writer = _Writer(conn, run_id, now, backup_once, seq=dict(seq))
-        outcome = outcomes[rule.id] = RuleOutcome(rule)
-        conn.execute("SAVEPOINT repair_rule")
+    def write(self, rule: Rule, seq: dict[str, int]) -> _Written:
+        """Plan and write one rule's repair in its own savepoint (released; the caller verifies)."""
+        self.say(f"repairing {rule.id}")
+        writer = _Writer(self.conn, self.run_id, self.now, self.backup_once, seq=seq)
+        self.conn.execute("SAVEPOINT repair_rule")
         try:
-            item = _write_rule(ctx, rule, census, writer, sample)
-            outcome = outcomes[rule.id] = item.outcome
-            problem = _verify(ctx, registry, [item], scope_counts) if outcome.status == "planned" else None
+            item = _write_rule(self.ctx, rule, self.census, writer, self.sample)
+        except BaseException:
+            self.conn.execute("ROLLBACK TO repair_rule")
+            self.conn.execute("RELEASE repair_rule")
+            raise
+        self.conn.execute("RELEASE repair_rule")
+        return item
+
+    def together(self, rules: list[Rule], scope_counts: dict[str, Counter]) -> dict[str, RuleOutcome] | None:
+        """Every rule's repair inside one outer savepoint, verified once; None (and nothing changed)
+        if a repair raised or the verification failed."""
+        written: list[_Written] = []
+        seq: dict[str, int] = {}
+        counts = {rule_id: Counter(by) for rule_id, by in scope_counts.items()}
+        self.conn.execute("SAVEPOINT repair_all")
+        try:
+            for rule in rules:
+                written.append(self.write(rule, seq))  # the writers share seq: one journal sequence per file
+            done = [w for w in written if w.outcome.status == "planned"]
+            self.say("verifying the repairs")
+            problem = _verify(self.ctx, self.registry, done, counts) if done else None
         except Exception as exc:
             problem = f"{type(exc).__name__}: {exc}"
         if problem is not None:
-            conn.execute("ROLLBACK TO repair_rule")
-            conn.execute("RELEASE repair_rule")
-            outcome.status, outcome.rolled_back = "rolled back", problem
-            continue
-        conn.execute("RELEASE repair_rule")
-        if outcome.status == "planned":
-            seq = writer.seq
-            outcome.status, outcome.verified = "applied", True
-    return outcomes
+            self.conn.execute("ROLLBACK TO repair_all")
+            self.conn.execute("RELEASE repair_all")
+            self.say(f"verifying the repairs together failed ({problem}): repairing rule by rule")
+            return None
+        self.conn.execute("RELEASE repair_all")
+        scope_counts.clear()
+        scope_counts.update(counts)
+        for item in written:
+            if item.outcome.status == "planned":
+                item.outcome.status, item.outcome.verified = "applied", True
+        return {w.rule.id: w.outcome for w in written}
+
+    def one_by_one(self, rules: list[Rule], scope_counts: dict[str, Counter]) -> dict[str, RuleOutcome]:
+        """Each rule's repair verified before the next; one that fails is rolled back alone."""
+        outcomes: dict[str, RuleOutcome] = {}
+        seq: dict[str, int] = {}
+        for rule in rules:
+            self.conn.execute("SAVEPOINT repair_checked")
+            outcome = outcomes[rule.id] = RuleOutcome(rule)
+            try:
+                item = self.write(rule, dict(seq))
+                outcome = outcomes[rule.id] = item.outcome
+                problem = _verify(self.ctx, self.registry, [item], scope_counts) if outcome.status == "planned" else None
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem is not None:
+                self.conn.execute("ROLLBACK TO repair_checked")
+                self.conn.execute("RELEASE repair_checked")
+                outcome.status, outcome.rolled_back = "rolled back", problem
+                continue
+            self.conn.execute("RELEASE repair_checked")
+            if outcome.status == "planned":
+                seq = item.writer.seq
+                outcome.status, outcome.verified = "applied", True
+        return outcomes
 
 
 def apply_repairs(
@@ -685,19 +709,14 @@ def apply_repairs(
                              worker=_reader(settings) if connection_factory is None else None)
             scope_counts = census.by_scope
             ctx.want_fixes = True
-            pending: list[Rule] = []
-            for rule in rules:
-                known = _from_census(rule, census.results[rule.id])
-                if known is None:
-                    pending.append(rule)
+            pending = [rule for rule in rules if _from_census(rule, census.results[rule.id]) is None]
             # First all repairs at once, verified by one re-run of the rules (one ledger scan
             # instead of one per rule); if that verification fails, undo them all and go rule by
             # rule, so each rule stands or falls on its own and the report says which and why.
-            outcomes = _apply_together(ctx, conn, registry, pending, census, scope_counts, result.run_id,
-                                       backup_once, sample, say) if len(pending) > 1 else None
+            applying = _Apply(ctx, conn, registry, census, result.run_id, backup_once, sample, say)
+            outcomes = applying.together(pending, scope_counts) if len(pending) > 1 else None
             if outcomes is None:
-                outcomes = _apply_one_by_one(ctx, conn, registry, pending, census, scope_counts, result.run_id,
-                                             backup_once, sample, say)
+                outcomes = applying.one_by_one(pending, scope_counts)
             for rule in rules:
                 if rule.id in outcomes:
                     result.rules.append(outcomes[rule.id])
@@ -826,20 +845,6 @@ def list_repairs(settings: Settings, *, limit: int = 20) -> list[RepairRun]:
 
 # -- undo ------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=256)
-def _row_sql(op: str, database: str, table: str, keys: tuple[str, ...], columns: tuple[str, ...]) -> str:
-    """The statement reading (``select``), updating, deleting or inserting one row by its key."""
-    target = f"{quote_ident(database)}.{quote_ident(table)}"
-    where = " AND ".join(f"{quote_ident(k)} = ?" for k in keys)
-    if op == "select":
-        return f"SELECT {', '.join(quote_ident(c) for c in columns) or '1'} FROM {target} WHERE {where}"
-    if op == "update":
-        return f"UPDATE {target} SET {', '.join(f'{quote_ident(c)} = ?' for c in columns)} WHERE {where}"
-    if op == "delete":
-        return f"DELETE FROM {target} WHERE {where}"
-    return f"INSERT INTO {target} ({', '.join(quote_ident(c) for c in columns)}) VALUES ({', '.join('?' * len(columns))})"
-
-
 def _current(conn: sqlite3.Connection, database: str, table: str, key: dict, columns: Iterable[str]) -> tuple | None:
     return conn.execute(_row_sql("select", database, table, tuple(key), tuple(columns)), list(key.values())).fetchone()
 
@@ -958,9 +963,7 @@ def undo_repair(settings: Settings, run_id: str, *, progress: Callable[[str], No
                         if cursor.rowcount != len(batch):  # the conflict check above makes this unreachable
                             raise RepairConflict(f"cannot undo {run_id}: {name} changed while undoing",
                                                  hint="nothing was changed; run the undo again")
-                    conn.executemany(
-                        f"INSERT INTO {quote_ident(name)}._toolkit_repair_journal (run_id, seq, rule_id, table_name, op, row_key, "
-                        "before, after, at, reverses) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", journal)
+                    _journal(conn, name, journal)
                     result.rows += len(rows)
             conn.execute("COMMIT")
         except BaseException:
