@@ -16,9 +16,9 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 
 from toolkit.accounting import Close, Lot, TickerBook, round_quantity
-from toolkit.domain import is_plausible_ticker
+from toolkit.domain import OPENING_LEG_GUARD, RUN_ID_GUARD, TICKER_GUARD, is_plausible_ticker
 from toolkit.repair.model import Change, Untouched, changed_columns, update_row
-from toolkit.rules.model import CheckContext, Guard, Rule, Scan, Violation, rule
+from toolkit.rules.model import CheckContext, Rule, Scan, Violation, rule
 
 __all__ = ["LEDGER_SCAN", "RULES"]
 
@@ -395,8 +395,7 @@ def lot_status_inconsistent() -> None:
 
 @rule("opening_leg_with_pnl", severity="CRITICAL", databases=["trading"], reads=["trading.trades"], key=["trade_id"],
       repair=update_row("trading", "trades", ["trade_id"]),
-      guards=[Guard("trading.trades", ("INSERT", "UPDATE OF realized_pnl, action"),
-                    "NEW.action = 'BUY' AND NEW.realized_pnl IS NOT NULL", "an opening leg (BUY) never carries realized P&L")])
+      guards=[OPENING_LEG_GUARD])
 def opening_leg_with_pnl():
     """BUY rows (opening legs) that carry realized P&L."""
     # Served by the partial index idx_trades_opening_leg_pnl: empty on a sound ledger, so instant.
@@ -465,10 +464,7 @@ def _trade_row_invalid(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
 
 trade_row_invalid = rule("trade_row_invalid", severity="HIGH", databases=["trading"], reads=["trading.trades"],
                          key=["trade_id"],
-                         guards=[Guard("trading.trades", ("INSERT",), "NEW.run_id IS NULL OR trim(NEW.run_id) = ''",
-                                       "a trade needs the run_id of the session that produced it"),
-                                 Guard("trading.trades", ("INSERT",), "NOT toolkit_plausible_ticker(NEW.ticker)",
-                                       "the ticker is not a plausible symbol", {"toolkit_plausible_ticker": is_plausible_ticker})],
+                         guards=[RUN_ID_GUARD, TICKER_GUARD],
                          remedy="find the session that wrote the row; set its run id or correct the executed value")(_trade_row_invalid)
 
 RULES = (unlinked_closes, orphaned_sells, realized_pnl_mismatch, lot_status_inconsistent, opening_leg_with_pnl,

@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from toolkit.config import DATABASES
-from toolkit.db import quick_check
 from toolkit.rules.model import CheckContext, Rule, Violation, rule
 
 __all__ = ["RULES"]
@@ -17,7 +16,7 @@ def sqlite_quick_check(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
     cache = ctx.cache.setdefault("quick_check", {})
     for database in DATABASES:
         if database not in cache:
-            cache[database] = quick_check(ctx.conn, database)
+            cache[database] = ctx.backend.physical_problems(ctx.conn, database)
         lines = cache[database]
         if lines:
             more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
@@ -39,21 +38,13 @@ def foreign_key_violations(ctx: CheckContext, rule_: Rule) -> Iterator[Violation
       remedy="run `migrate upgrade`, `migrate verify` and `migrate accept` as the findings say")
 def schema_drift(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
     """The live schema or migration checksums differ from the migrations (pending, edited, missing or extra objects)."""
+    from toolkit.content import load_migrations
     from toolkit.migrate.plan import drifted, unknown_applied
-    from toolkit.migrate.runner import load_migrations
-    from toolkit.migrate.state import AppliedRecord, FileState
+    from toolkit.migrate.state import read_file_state
     from toolkit.migrate.verify import expected_schema, live_schema, schema_differences
 
     migrations = load_migrations(ctx.settings)
-    states = {}
-    for database in DATABASES:
-        has = ctx.conn.execute(f'SELECT 1 FROM "{database}".sqlite_master WHERE name = \'_toolkit_migrations\'').fetchone()
-        records = {}
-        if has:
-            for mid, name, checksum, applied_at in ctx.conn.execute(
-                    f'SELECT migration_id, name, checksum, applied_at FROM "{database}"._toolkit_migrations'):
-                records[mid] = AppliedRecord(mid, name, checksum, applied_at)
-        states[database] = FileState(database, ctx.settings.path(database), True, records)
+    states = {database: read_file_state(ctx.settings, database, ctx.conn) for database in DATABASES}
     for migration, _ in drifted(migrations, states):
         yield Violation(rule_.id, {"database": migration.database, "migration": migration.id},
                         f"{migration.label} changed since it was applied (see `migrate verify`)")

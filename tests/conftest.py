@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from toolkit.config import Settings, load_settings
+from toolkit.content import load_migrations
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,7 @@ def migrated(settings: Settings) -> Settings:
     """Settings of a data directory with every bundled migration applied."""
     from toolkit.migrate.runner import upgrade
 
-    upgrade(settings)
+    upgrade(settings, migrations=load_migrations(settings))
     return settings
 
 

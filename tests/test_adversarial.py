@@ -22,8 +22,8 @@ from toolkit.fixtures import attacks as attack_catalogue
 from toolkit.fixtures import generate
 from toolkit.guard import connection as guard_connection
 from toolkit.guard.harness import run_attacks
-from toolkit.rules import load_registry
 from toolkit.rules.registry import Registry
+from toolkit.content import load_registry
 
 from dbstate import file_hashes as contents
 
@@ -134,7 +134,7 @@ def no_escape_files(directory: Path) -> None:
 def test_run_attacks_library(session: Path, guardrails: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     before = contents(session)
-    report = run_attacks(_settings(session), guardrails=guardrails, registry=REGISTRY)
+    report = run_attacks(_settings(session), attacks=attack_catalogue.ATTACKS, guardrails=guardrails, registry=REGISTRY)
     assert report.breach is None
     assert report.gaps == []
     assert report.exit_code == 0
@@ -227,7 +227,7 @@ def test_unknown_attack_is_a_usage_error_with_a_suggestion(clean: Path, tmp_path
     assert "did you mean 'escape_commit'" in result.stderr
     assert result.stdout == ""
     with pytest.raises(UnknownNameError) as info:
-        run_attacks(_settings(clean), attack_ids=["opening_leg_pnI"])
+        run_attacks(_settings(clean), registry=REGISTRY, attacks=attack_catalogue.ATTACKS, attack_ids=["opening_leg_pnI"])
     assert "opening_leg_pnl" in info.value.suggestions
     assert contents(clean) == before
 
@@ -262,7 +262,7 @@ def test_an_undetected_attack_is_a_gap(clean: Path, extra_attacks, guardrails: b
     extra_attacks(attack_catalogue.Attack("sound_snapshot", "a sound snapshot", ("snapshot_equity_mismatch",), _consistent_snapshot),
                   attack_catalogue.Attack("harmless_escape", "a harmless escape", (), _harmless_escape, "escape"))
     before = contents(clean)
-    report = run_attacks(_settings(clean), guardrails=guardrails, registry=REGISTRY)
+    report = run_attacks(_settings(clean), attacks=attack_catalogue.ATTACKS, guardrails=guardrails, registry=REGISTRY)
     gaps = {o.id: o for o in report.gaps}
     assert set(gaps) == {"sound_snapshot", "harmless_escape"}
     assert gaps["sound_snapshot"].detail == detail
@@ -277,7 +277,7 @@ def test_an_undetected_attack_is_a_gap(clean: Path, extra_attacks, guardrails: b
 def test_a_registry_without_a_targeted_rule_is_a_gap(clean: Path) -> None:
     before = contents(clean)
     partial = Registry([r for r in REGISTRY if r.id != "opening_leg_with_pnl"])
-    report = run_attacks(_settings(clean), guardrails=False, registry=partial)
+    report = run_attacks(_settings(clean), attacks=attack_catalogue.ATTACKS, guardrails=False, registry=partial)
     assert [o.id for o in report.gaps] == ["opening_leg_pnl"]
     assert report.gaps[0].detail == "targets unknown rules: opening_leg_with_pnl"
     assert report.exit_code == 1 and report.breach is None
@@ -308,7 +308,7 @@ def test_a_second_connection_is_locked_out(clean: Path, extra_attacks) -> None:
     extra_attacks(attack_catalogue.Attack("second_connection", "second connection", ("order_fill_mismatch",),
                                           write_through_a_second_connection))
     before = contents(clean)
-    report = run_attacks(_settings(clean), guardrails=True, attack_ids=["second_connection"], registry=REGISTRY)
+    report = run_attacks(_settings(clean), attacks=attack_catalogue.ATTACKS, guardrails=True, attack_ids=["second_connection"], registry=REGISTRY)
     (outcome,) = report.outcomes
     assert outcome.outcome == "blocked" and "database is locked" in outcome.detail
     assert report.exit_code == 0
@@ -333,7 +333,7 @@ def test_a_commit_just_after_the_session_is_not_a_breach(clean: Path, monkeypatc
 
     monkeypatch.setattr(guard_connection, "_prove", prove)
     before = contents(clean)
-    report = run_attacks(_settings(clean), guardrails=True, attack_ids=["opening_leg_pnl", "escape_commit"], registry=REGISTRY)
+    report = run_attacks(_settings(clean), attacks=attack_catalogue.ATTACKS, guardrails=True, attack_ids=["opening_leg_pnl", "escape_commit"], registry=REGISTRY)
     assert calls == [1]
     assert report.breach is None and report.gaps == [] and report.exit_code == 0
     after = contents(clean)  # the bot's write really happened, after the session
@@ -351,7 +351,7 @@ def _subvert(ctx: attack_catalogue.AttackContext) -> None:
 def test_a_subverted_session_is_an_isolation_breach(clean: Path, extra_attacks, guardrails: bool) -> None:
     extra_attacks(attack_catalogue.Attack("subvert", "subvert the session", ("order_fill_mismatch",), _subvert), first=True)
     before = contents(clean)
-    report = run_attacks(_settings(clean), guardrails=guardrails, registry=REGISTRY)
+    report = run_attacks(_settings(clean), attacks=attack_catalogue.ATTACKS, guardrails=guardrails, registry=REGISTRY)
     assert report.exit_code == 4
     assert report.breach is not None and "trading.orders" in report.breach
     # the run stops at the attack that got out of the session
@@ -370,17 +370,18 @@ def test_an_attack_that_escapes_and_then_crashes_is_still_a_breach(clean: Path, 
 
     extra_attacks(attack_catalogue.Attack("subvert_then_crash", "subvert, then crash", ("order_fill_mismatch",),
                                           subvert_then_crash), first=True)
-    report = run_attacks(_settings(clean), guardrails=False, registry=REGISTRY)
+    report = run_attacks(_settings(clean), attacks=attack_catalogue.ATTACKS, guardrails=False, registry=REGISTRY)
     assert report.exit_code == 4
     assert report.breach is not None and "trading.orders" in report.breach
 
 
 DRIVER = textwrap.dedent('''
-    """Run `integrity` with extra attacks registered in the catalogue (as a plugin author would)."""
+    """Run `integrity` with extra attacks added to the catalogue."""
     import sqlite3
     import sys
 
     from toolkit.cli import integrity_main
+    from toolkit.fixtures import attacks
     from toolkit.fixtures.attacks import attack
 
 
@@ -400,6 +401,7 @@ DRIVER = textwrap.dedent('''
         sqlite3.Connection.execute(ctx.conn, "COMMIT")
 
 
+    attacks.ATTACKS = (*attacks.ATTACKS, sound_snapshot, subvert)
     sys.argv[0] = "integrity"
     integrity_main()
 ''')

@@ -20,6 +20,7 @@ from toolkit.domain import average_reward
 from toolkit.errors import UnknownNameError, UsageError
 from toolkit.fixtures import DEFECT_KINDS, Manifest, generate, inject_defects
 from toolkit.migrate.verify import verify
+from toolkit.content import load_migrations
 
 REPO = Path(__file__).resolve().parents[1]
 DATABASES = ("positions", "trading", "ml_training")
@@ -240,7 +241,7 @@ def test_clean_session_files_are_sound_and_verify_clean(clean, cli):
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         finally:
             conn.close()
-    report = verify(settings)
+    report = verify(settings, migrations=load_migrations(settings))
     assert report.ok, report.findings
     result = cli("migrate", "--data-dir", str(settings.data_dir), "verify", cwd=settings.data_dir.parent)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -28,7 +28,8 @@ from toolkit.guard import GuardedConnection, connect_guarded, rollback_only
 from toolkit.guard import connection as guard_connection
 from toolkit.guard.policy import EXECUTED_COLUMNS
 from toolkit.ledger import TradeStore
-from toolkit.rules import load_registry, run_checks
+from toolkit.rules import run_checks
+from toolkit.content import load_registry
 
 FILES = ("positions", "trading", "ml_training", "migrations")
 TRADES = 1_000
@@ -86,7 +87,7 @@ def one(settings: Settings, database: str, sql: str, params: tuple = ()):
 @pytest.fixture
 def bot(data: Settings, original):
     """A bot's guarded connection (no session): whatever it is refused must leave every file as it was."""
-    conn = connect_guarded(data)
+    conn = connect_guarded(data, guards=REGISTRY.guards)
     try:
         yield conn
     finally:
@@ -299,7 +300,7 @@ def test_row_guards_hold_even_for_trusted_writers(bot, sql: str, params: tuple, 
 
 def test_a_valid_trusted_trade_row_passes_the_row_guards(data: Settings) -> None:
     """The control of the test above: the same insert with sound values goes through."""
-    conn = connect_guarded(data)
+    conn = connect_guarded(data, guards=REGISTRY.guards)
     try:
         with conn.trusted("the trade writer"):
             conn.execute(*_trade_values(ticker="BRK.B"))
@@ -460,12 +461,12 @@ def test_the_trade_writer_records_buys_and_sells_through_the_guarded_connection(
     assert cash == pytest.approx(cash_before - 500 - 300 + 840 - 3)
     assert one(data, "positions", "SELECT side, quantity, entry_price FROM positions WHERE ticker = 'NEWCO'") == ("long", 3.0, 60.0)
     assert one(data, "positions", "SELECT count(*) FROM closed_positions WHERE ticker = 'NEWCO'") == (1,)
-    report = run_checks(data, registry=REGISTRY, record=False)
+    report = run_checks(data, registry=REGISTRY)
     assert report.violations == 0, [(r.rule.id, r.count) for r in report.results if r.count]
 
 
 def test_legitimate_bot_writes_go_through(data: Settings) -> None:
-    conn = connect_guarded(data)
+    conn = connect_guarded(data, guards=REGISTRY.guards)
     try:
         # an order: inserted unfilled, then its fills, then its fill fields, consistently
         conn.execute("BEGIN IMMEDIATE")
@@ -498,7 +499,7 @@ def test_legitimate_bot_writes_go_through(data: Settings) -> None:
     assert one(data, "ml_training", "SELECT count(*), total(weight) FROM ensemble_weights WHERE ensemble_id = 'ens-1' "
                                     "AND is_active = 1") == (2, 1.0)
     # the writes were consistent: the rules the guards come from agree
-    report = run_checks(data, registry=REGISTRY, record=False,
+    report = run_checks(data, registry=REGISTRY,
                         rule_ids=["order_fill_mismatch", "snapshot_equity_mismatch", "ensemble_weights_sum",
                                   "rl_state_missing_avg_reward", "qtable_unsafe_keys", "foreign_key_violations"])
     assert report.violations == 0, [(r.rule.id, r.count) for r in report.results if r.count]
@@ -570,7 +571,7 @@ ESCAPES = {
 def test_every_escape_from_the_session_is_denied(proven: Settings, tmp_path: Path, escape: str, guardrails: bool) -> None:
     action, error, message = ESCAPES[escape]
     outside = tmp_path / "outside.db"
-    conn = connect_guarded(proven, guardrails=guardrails)
+    conn = connect_guarded(proven, guardrails=guardrails, guards=REGISTRY.guards)
     try:
         with rollback_only(conn) as session:
             assert session is conn and conn.in_session
@@ -635,7 +636,7 @@ def test_the_session_needs_a_guarded_connection_outside_a_transaction(proven: Se
                 pass
     finally:
         plain.close()
-    conn = connect_guarded(proven)
+    conn = connect_guarded(proven, guards=REGISTRY.guards)
     try:
         conn.execute("BEGIN")
         with pytest.raises(GuardrailViolation, match="outside a transaction"):
@@ -653,7 +654,7 @@ def test_the_session_needs_a_guarded_connection_outside_a_transaction(proven: Se
 
 
 def test_the_guardrails_still_apply_inside_a_session(proven: Settings) -> None:
-    conn = connect_guarded(proven)
+    conn = connect_guarded(proven, guards=REGISTRY.guards)
     try:
         with rollback_only(conn):
             refused_in_session = [
@@ -712,7 +713,7 @@ def test_the_proof_is_taken_inside_the_sessions_write_lock(data: Settings, monke
     monkeypatch.setattr(guard_connection, "_hashes", hashes)
     monkeypatch.setattr(guard_connection, "_prove", prove)
     before = contents(data)
-    conn = connect_guarded(data)
+    conn = connect_guarded(data, guards=REGISTRY.guards)
     try:
         with rollback_only(conn):
             conn.execute("SELECT count(*) FROM trading.trades").fetchone()

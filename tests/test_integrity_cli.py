@@ -13,8 +13,9 @@ import pytest
 
 from toolkit.config import Settings, load_settings
 from toolkit.fixtures import generate, inject_defects
-from toolkit.rules import Severity, load_registry, run_checks
+from toolkit.rules import Severity, run_checks
 from toolkit.rules.model import fingerprint
+from toolkit.content import load_migrations, load_registry
 
 REGISTRY = load_registry(plugins=False)
 
@@ -204,8 +205,8 @@ def test_empty_trading_file_skips_its_rules_and_reports_pending_migrations(tmp_p
     from toolkit.migrate.runner import upgrade
 
     settings = _settings(tmp_path)
-    upgrade(settings, database="positions")
-    upgrade(settings, database="ml_training")
+    upgrade(settings, migrations=load_migrations(settings), database="positions")
+    upgrade(settings, migrations=load_migrations(settings), database="ml_training")
     assert not settings.path("trading").exists()
     sqlite3.connect(settings.path("trading")).close()  # an empty SQLite file
     assert settings.path("trading").stat().st_size == 0
@@ -313,7 +314,7 @@ def bad_rows(tmp_path_factory: pytest.TempPathFactory):
 
 def test_bad_values_are_reported_by_the_right_rules(bad_rows) -> None:
     settings, expected, victims = bad_rows
-    report = run_checks(settings, registry=REGISTRY, collect=True, record=False, sample=50)
+    report = run_checks(settings, registry=REGISTRY, collect=True, sample=50)
     for result in report.results:
         assert result.status in ("passed", "failed"), (result.rule.id, result.status, result.error, result.reason)
         assert set(result.fingerprints) == expected.get(result.rule.id, set()), result.rule.id

@@ -24,6 +24,7 @@ from toolkit.db import content_hash
 from toolkit.errors import LedgerError, NotInitialisedError, OversellError
 from toolkit.ledger import TradeStore
 from toolkit.migrate.runner import upgrade
+from toolkit.content import load_migrations
 
 T0 = 1_735_828_200
 Q = 1e-9
@@ -323,7 +324,7 @@ def test_writer_equals_independent_fifo(raw, adjustments, commission_seed):
         adjust_at[position].append(amount)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_settings(tmp, cwd=tmp, env={}, busy_timeout=2.0)
-        upgrade(cfg)
+        upgrade(cfg, migrations=load_migrations(cfg))
         facts = []                    # (ticker, provisional id, action, quantity, price, executed_at)
         results = {}                  # provisional id -> TradeResult
         refused = set()

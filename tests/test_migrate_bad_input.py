@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from toolkit.migrate.runner import downgrade, upgrade
+from toolkit.content import load_migrations
 
 ALL_BUNDLED = ["001", "002", "003", "004", "005"]
 
@@ -50,7 +51,7 @@ def remove_sidecars(path: Path) -> None:
 @pytest.fixture
 def partly(settings):
     """Everything up to 003 applied; 004 (trading) and 005 (ml_training) pending."""
-    upgrade(settings, target="003")
+    upgrade(settings, migrations=load_migrations(settings), target="003")
     return settings
 
 
@@ -249,7 +250,7 @@ def test_a_migration_with_a_python_syntax_error(cli, partly, lifecycle, extra_di
 
 
 def test_a_migration_with_an_sql_error(cli, partly, lifecycle, extra_dir):
-    upgrade(partly)
+    upgrade(partly, migrations=load_migrations(partly))
     lifecycle.write_migration(
         extra_dir, "900_bad_sql.py",
         """
@@ -328,8 +329,8 @@ def test_downgrade_of_a_missing_data_dir_is_past_zero(cli, settings):
 
 
 def test_downgrade_past_zero(cli, settings, lifecycle):
-    upgrade(settings)
-    downgrade(settings)
+    upgrade(settings, migrations=load_migrations(settings))
+    downgrade(settings, migrations=load_migrations(settings))
     before = lifecycle.snapshot(settings.data_dir)
     result = migrate(cli, settings, "downgrade", "--yes")
     assert result.returncode == 2
@@ -410,7 +411,7 @@ def test_an_edited_applied_migration_blocks_until_accepted(cli, settings, lifecy
 # -- disk full during a migration -----------------------------------------------------------------
 
 def test_disk_full_during_a_migration(cli, settings, lifecycle, extra_dir):
-    upgrade(settings)
+    upgrade(settings, migrations=load_migrations(settings))
     lifecycle.write_migration(
         extra_dir, "900_fill_the_disk.py",
         """

@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 
 from toolkit.migrate.runner import upgrade
+from toolkit.content import load_migrations
 
 ALL_BUNDLED = ["001", "002", "003", "004", "005"]
 
@@ -91,14 +92,14 @@ def test_status_json_of_a_missing_data_dir(cli, settings):
 
 
 def test_status_json_partly_and_fully_migrated(cli, settings):
-    upgrade(settings, target="003")
+    upgrade(settings, migrations=load_migrations(settings), target="003")
     data = status_json(cli, settings)
     dbs = {d["name"]: d for d in data["databases"]}
     assert data["initialised"] is True and data["up_to_date"] is False
     assert (dbs["trading"]["version"], dbs["trading"]["applied"], dbs["trading"]["pending"]) == ("002", ["002"], ["004"])
     assert dbs["positions"]["file"] == str(settings.path("positions"))
     assert isinstance(dbs["positions"]["last_applied_at"], int)
-    upgrade(settings)
+    upgrade(settings, migrations=load_migrations(settings))
     data = status_json(cli, settings)
     assert data["up_to_date"] is True and data["reconciled"] == []
     assert [d["version"] for d in data["databases"]] == ["001", "004", "005"]
@@ -171,7 +172,7 @@ def test_dry_run_prints_the_plan_and_sql_per_database_and_creates_nothing(cli, s
 
 
 def test_dry_run_on_an_existing_data_dir_is_byte_identical(cli, settings, lifecycle):
-    upgrade(settings, target="003")
+    upgrade(settings, migrations=load_migrations(settings), target="003")
     names = sorted(p.name for p in settings.data_dir.iterdir() if p.name.endswith(".db"))
     before = lifecycle.snapshot(settings.data_dir)
     result = migrate(cli, settings, "upgrade", "--dry-run")
@@ -181,7 +182,7 @@ def test_dry_run_on_an_existing_data_dir_is_byte_identical(cli, settings, lifecy
     assert "CREATE TABLE rl_model_states (" in result.stdout
     assert lifecycle.snapshot(settings.data_dir) == before
     assert sorted(p.name for p in settings.data_dir.iterdir() if p.name.endswith(".db")) == names
-    upgrade(settings)
+    upgrade(settings, migrations=load_migrations(settings))
     result = migrate(cli, settings, "upgrade", "--dry-run")
     assert result.returncode == 0 and "nothing to upgrade" in result.stdout
 
@@ -351,7 +352,7 @@ def test_downgrade_asks_on_a_terminal(settings, lifecycle, answer, code):
     import subprocess
     import sys
 
-    upgrade(settings)
+    upgrade(settings, migrations=load_migrations(settings))
     before = lifecycle.snapshot(settings.data_dir)
     master, slave = os.openpty()
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from toolkit.errors import MigrationFailedError
+from toolkit.content import load_migrations
 from toolkit.migrate.runner import upgrade
 
 import subproc
@@ -251,10 +252,11 @@ def test_the_in_process_lock_is_released_after_a_failure(migrated, lifecycle, ex
     """A runner that fails (not killed) releases the lock at once: the next one needs no takeover."""
     lifecycle.write_migration(extra_dir, "900_fails.py", 'db.execute("SELECT * FROM nowhere")')
     with pytest.raises(MigrationFailedError):
-        upgrade(migrated.with_(migrations_dirs=(extra_dir,)))
+        extra = migrated.with_(migrations_dirs=(extra_dir,))
+        upgrade(extra, migrations=load_migrations(extra))
     assert migrated.lock_path.read_text() == ""
     messages: list[str] = []
-    upgrade(migrated.with_(lock_timeout=0.0), progress=messages.append)
+    upgrade(migrated.with_(lock_timeout=0.0), migrations=load_migrations(migrated), progress=messages.append)
     assert not [m for m in messages if "taken over" in m or "waiting" in m]
 
 

@@ -16,6 +16,7 @@ from toolkit.migrate.maintenance import restore
 from toolkit.migrate.runner import downgrade, upgrade
 from toolkit.migrate.status import status
 from toolkit.migrate.verify import verify
+from toolkit.content import load_migrations
 
 ALL_BUNDLED = ["001", "002", "003", "004", "005"]
 
@@ -61,7 +62,7 @@ def test_a_failing_migration_mid_run_keeps_earlier_files_migrated_and_consistent
     with_extra = settings.with_(migrations_dirs=(extra_dir,))
 
     with pytest.raises(MigrationFailedError) as caught:
-        upgrade(with_extra)
+        upgrade(with_extra, migrations=load_migrations(with_extra))
     error = caught.value
     assert (error.migration_id, error.database, Path(error.path)) == ("900", "trading", settings.path("trading"))
     assert error.statement == "UPDATE trades SET no_such_column = 1"
@@ -79,16 +80,16 @@ def test_a_failing_migration_mid_run_keeps_earlier_files_migrated_and_consistent
 
     # trading.db is exactly what the bundled migrations alone produce
     reference = load_settings(tmp_path / "reference", cwd=tmp_path, env={})
-    upgrade(reference)
+    upgrade(reference, migrations=load_migrations(reference))
     for name in ("positions", "trading", "ml_training"):
         assert logical(settings, name) == logical(reference, name), name
 
-    report = status(with_extra)
+    report = status(with_extra, migrations=load_migrations(with_extra))
     dbs = by_name(report)
     assert dbs["trading"].pending == ["900"] and dbs["trading"].applied == ["002", "004"]
     assert dbs["positions"].pending == ["901"] and dbs["ml_training"].pending == []
     assert not report.up_to_date and report.reconciled == []
-    assert verify(with_extra).findings == []
+    assert verify(with_extra, migrations=load_migrations(with_extra)).findings == []
 
 
 @pytest.mark.parametrize("statement", ["COMMIT", "BEGIN", "SAVEPOINT sp", "VACUUM", "ATTACH DATABASE ':memory:' AS x",
@@ -101,7 +102,7 @@ def test_a_migration_cannot_end_the_runners_transaction(migrated, lifecycle, ext
     )
     before = lifecycle.snapshot(migrated.data_dir)
     with pytest.raises(MigrationFailedError) as caught:
-        upgrade(migrated.with_(migrations_dirs=(extra_dir,)))
+        upgrade(migrated.with_(migrations_dirs=(extra_dir,)), migrations=load_migrations(migrated.with_(migrations_dirs=(extra_dir,))))
     assert caught.value.statement == statement
     after = lifecycle.snapshot(migrated.data_dir)
     assert after["trading"] == before["trading"]
@@ -113,41 +114,41 @@ def test_executescript_is_refused_inside_a_migration(migrated, lifecycle, extra_
                               'db.executescript("CREATE TABLE s1 (x); CREATE TABLE s2 (y);")',
                               'db.script("DROP TABLE s2; DROP TABLE s1;")')
     with pytest.raises(MigrationFailedError, match="executescript"):
-        upgrade(migrated.with_(migrations_dirs=(extra_dir,)))
+        upgrade(migrated.with_(migrations_dirs=(extra_dir,)), migrations=load_migrations(migrated.with_(migrations_dirs=(extra_dir,))))
     assert not {"s1", "s2"} & lifecycle.objects(migrated.path("trading"))
 
 
 # -- targets and scopes ---------------------------------------------------------------------------
 
 def test_upgrade_to_a_target_and_one_database(settings, lifecycle):
-    first = upgrade(settings, target="002")
+    first = upgrade(settings, migrations=load_migrations(settings), target="002")
     assert [s.migration for s in first.steps] == ["001_create_positions_tables", "002_create_trading_tables"]
     assert not settings.path("ml_training").exists()
-    second = upgrade(settings, database="ml_training")
+    second = upgrade(settings, migrations=load_migrations(settings), database="ml_training")
     assert [s.migration for s in second.steps] == ["003_create_ml_training_tables", "005_create_rl_model_states"]
     assert lifecycle.records(settings.path("trading")) == ["002"]
-    third = upgrade(settings, target="4")  # ids resolve by number too
+    third = upgrade(settings, migrations=load_migrations(settings), target="4")  # ids resolve by number too
     assert [s.migration for s in third.steps] == ["004_create_ledger_tables"]
-    again = upgrade(settings)
+    again = upgrade(settings, migrations=load_migrations(settings))
     assert again.steps == [] and any("nothing to upgrade" in n for n in again.notes)
 
 
 def test_downgrade_to_a_migration_reverts_it_and_everything_after(migrated, lifecycle):
-    result = downgrade(migrated, target="004")
+    result = downgrade(migrated, migrations=load_migrations(migrated), target="004")
     assert [s.migration for s in result.steps] == ["005_create_rl_model_states", "004_create_ledger_tables"]
     assert lifecycle.records(migrated.path("trading")) == ["002"]
     assert lifecycle.records(migrated.path("ml_training")) == ["003"]
     assert "trades" not in lifecycle.objects(migrated.path("trading"))
     assert {mid: row[0] for mid, row in lifecycle.history(migrated.data_dir).items()} == {
         "001": "applied", "002": "applied", "003": "applied", "004": "rolled_back", "005": "rolled_back"}
-    assert verify(migrated).ok
+    assert verify(migrated, migrations=load_migrations(migrated)).ok
 
 
 def test_a_gap_in_applied_history_is_refused(migrated, lifecycle, extra_dir):
     lifecycle.write_migration(extra_dir, "900_first.py", 'db.execute("CREATE TABLE g1 (x)")', 'db.execute("DROP TABLE g1")')
     lifecycle.write_migration(extra_dir, "901_second.py", 'db.execute("CREATE TABLE g2 (x)")', 'db.execute("DROP TABLE g2")')
     extra = migrated.with_(migrations_dirs=(extra_dir,))
-    upgrade(extra)
+    upgrade(extra, migrations=load_migrations(extra))
     assert lifecycle.records(migrated.path("trading")) == ["002", "004", "900", "901"]
     # take 900 out by hand, leaving 901 applied: a gap in the middle of applied history
     conn = sqlite3.connect(migrated.path("trading"), isolation_level=None)
@@ -157,16 +158,16 @@ def test_a_gap_in_applied_history_is_refused(migrated, lifecycle, extra_dir):
     finally:
         conn.close()
     with pytest.raises(MigrationDefinitionError, match="gap"):
-        upgrade(extra)
+        upgrade(extra, migrations=load_migrations(extra))
     assert "g1" not in lifecycle.objects(migrated.path("trading"))
-    upgrade(extra, allow_out_of_order=True)
+    upgrade(extra, migrations=load_migrations(extra), allow_out_of_order=True)
     assert lifecycle.records(migrated.path("trading")) == ["002", "004", "900", "901"]
 
 
 # -- dry run --------------------------------------------------------------------------------------
 
 def test_dry_run_on_a_missing_data_dir_plans_everything_and_creates_nothing(settings):
-    result = upgrade(settings, dry_run=True)
+    result = upgrade(settings, migrations=load_migrations(settings), dry_run=True)
     assert result.dry_run
     # per database, in the order the plan first reaches each
     assert [(s.migration[:3], s.database) for s in result.steps] == [
@@ -180,11 +181,11 @@ def test_dry_run_on_a_missing_data_dir_plans_everything_and_creates_nothing(sett
 
 
 def test_dry_run_on_an_existing_data_dir_changes_no_byte(settings, lifecycle):
-    upgrade(settings, target="003")
+    upgrade(settings, migrations=load_migrations(settings), target="003")
     add_order(settings, "before-dry-run")
     files_before = sorted(p.name for p in settings.data_dir.iterdir())
     before = lifecycle.snapshot(settings.data_dir)
-    result = upgrade(settings, dry_run=True)
+    result = upgrade(settings, migrations=load_migrations(settings), dry_run=True)
     assert [s.migration[:3] for s in result.steps] == ["004", "005"]
     assert all(s.statements for s in result.steps)
     assert lifecycle.snapshot(settings.data_dir) == before
@@ -197,18 +198,18 @@ def test_dry_run_reports_a_migration_that_would_fail_and_changes_nothing(migrate
     lifecycle.write_migration(extra_dir, "900_would_fail.py", 'db.execute("ALTER TABLE nowhere ADD COLUMN x")')
     before = lifecycle.snapshot(migrated.data_dir)
     with pytest.raises(MigrationFailedError, match="ALTER TABLE nowhere"):
-        upgrade(migrated.with_(migrations_dirs=(extra_dir,)), dry_run=True)
+        upgrade(migrated.with_(migrations_dirs=(extra_dir,)), migrations=load_migrations(migrated.with_(migrations_dirs=(extra_dir,))), dry_run=True)
     assert lifecycle.snapshot(migrated.data_dir) == before
 
 
 # -- backups --------------------------------------------------------------------------------------
 
 def test_backups_are_taken_before_changes_and_hold_the_old_content(settings, lifecycle):
-    first = upgrade(settings, target="003")
+    first = upgrade(settings, migrations=load_migrations(settings), target="003")
     assert first.backups == []  # the files did not exist: nothing to back up
     add_order(settings, "kept-in-the-backup")
     old = {name: logical(settings, name) for name in ("trading", "ml_training", "positions")}
-    result = upgrade(settings)
+    result = upgrade(settings, migrations=load_migrations(settings))
     assert sorted(b.database for b in result.backups) == ["ml_training", "trading"]  # positions untouched
     for item in result.backups:
         assert item.path.parent == settings.backup_dir and item.path.is_file()
@@ -225,11 +226,11 @@ def test_backups_are_taken_before_changes_and_hold_the_old_content(settings, lif
 
 def test_backup_retention_is_bounded(settings):
     bounded = settings.with_(backup_retention=2)
-    upgrade(bounded)
+    upgrade(bounded, migrations=load_migrations(bounded))
     taken = []
     for _ in range(4):
-        taken += downgrade(bounded, target="004").backups
-        taken += upgrade(bounded).backups
+        taken += downgrade(bounded, migrations=load_migrations(bounded), target="004").backups
+        taken += upgrade(bounded, migrations=load_migrations(bounded)).backups
     trading = list_backups(bounded, "trading")
     assert len(trading) == 2
     assert len([b for b in taken if b.database == "trading"]) == 8
@@ -243,10 +244,10 @@ def test_backup_retention_comes_from_pyproject(tmp_path):
     (tmp_path / "pyproject.toml").write_text('[tool.toolkit]\nbackup-retention = 1\n')
     configured = load_settings(None, cwd=tmp_path, env={})
     assert configured.backup_retention == 1 and configured.data_dir == tmp_path / "data"
-    upgrade(configured)
+    upgrade(configured, migrations=load_migrations(configured))
     for _ in range(3):
-        downgrade(configured, target="005")
-        upgrade(configured)
+        downgrade(configured, migrations=load_migrations(configured), target="005")
+        upgrade(configured, migrations=load_migrations(configured))
     assert len(list_backups(configured, "ml_training")) == 1
     (tmp_path / "pyproject.toml").write_text('[tool.toolkit]\nbackup-retention = 0\n')
     with pytest.raises(UsageError, match="backup-retention"):
@@ -261,11 +262,11 @@ def test_restore_puts_a_backup_back_and_reconciles_the_ledger(migrated, lifecycl
     extra = migrated.with_(migrations_dirs=(extra_dir,))
     add_order(migrated, "in-the-backup")
     before_900 = logical(migrated, "trading")
-    upgrade(extra)
+    upgrade(extra, migrations=load_migrations(extra))
     add_order(migrated, "after-the-backup")
     assert "notes" in lifecycle.objects(migrated.path("trading"))
 
-    result = restore(extra, None, "trading")
+    result = restore(extra, None, "trading", migrations=load_migrations(extra))
     assert result.restored.reason == "pre-upgrade-900"
     assert logical(migrated, "trading") == before_900
     assert "notes" not in lifecycle.objects(migrated.path("trading"))
@@ -281,29 +282,29 @@ def test_restore_puts_a_backup_back_and_reconciles_the_ledger(migrated, lifecycl
     finally:
         conn.close()
 
-    assert by_name(status(extra))["trading"].pending == ["900"]
-    assert verify(extra).ok
-    again = upgrade(extra)
+    assert by_name(status(extra, migrations=load_migrations(extra)))["trading"].pending == ["900"]
+    assert verify(extra, migrations=load_migrations(extra)).ok
+    again = upgrade(extra, migrations=load_migrations(extra))
     assert [s.migration for s in again.steps] == ["900_add_notes"]
     assert lifecycle.records(migrated.path("trading")) == ["002", "004", "900"]
-    assert verify(extra).ok
+    assert verify(extra, migrations=load_migrations(extra)).ok
 
 
 def test_restoring_a_damaged_backup_changes_nothing(migrated, lifecycle):
-    downgrade(migrated, target="004")
+    downgrade(migrated, migrations=load_migrations(migrated), target="004")
     item = list_backups(migrated, "trading")[0]
     item.path.write_bytes(b"SQLite format 3\x00" + b"\x00" * 4000)
     before = lifecycle.snapshot(migrated.data_dir)
     with pytest.raises(DatabaseFileError):
-        restore(migrated, item.path.name, None)
+        restore(migrated, item.path.name, None, migrations=load_migrations(migrated))
     assert lifecycle.snapshot(migrated.data_dir) == before
 
 
 def test_restore_needs_a_backup(migrated):
     with pytest.raises(UsageError, match="no backups of trading"):
-        restore(migrated, None, "trading")
+        restore(migrated, None, "trading", migrations=load_migrations(migrated))
     with pytest.raises(UsageError, match="not found"):
-        restore(migrated, "trading-20200101T000000-000000-manual.db", None)
+        restore(migrated, "trading-20200101T000000-000000-manual.db", None, migrations=load_migrations(migrated))
 
 
 # -- DB_PATH_PREFIX -------------------------------------------------------------------------------
@@ -311,8 +312,8 @@ def test_restore_needs_a_backup(migrated):
 def test_db_path_prefix_prefixes_every_file(tmp_path, lifecycle):
     data = tmp_path / "data"
     prefixed = load_settings(data, cwd=tmp_path, env={"DB_PATH_PREFIX": "test_"})
-    upgrade(prefixed, target="003")
-    upgrade(prefixed)  # second run changes existing files: backups are taken
+    upgrade(prefixed, migrations=load_migrations(prefixed), target="003")
+    upgrade(prefixed, migrations=load_migrations(prefixed))  # second run changes existing files: backups are taken
     names = sorted(p.name for p in data.iterdir() if p.is_file())
     assert {"test_positions.db", "test_trading.db", "test_ml_training.db", "test_migrations.db"} <= set(names)
     assert not [n for n in names if n.endswith(".db") and not n.startswith("test_")]
@@ -320,10 +321,10 @@ def test_db_path_prefix_prefixes_every_file(tmp_path, lifecycle):
     assert prefixed.lock_path.name == ".test_toolkit.lock"
     assert lifecycle.records(data / "test_trading.db") == ["002", "004"]
     assert set(lifecycle.history(data, prefix="test_")) == set(ALL_BUNDLED)
-    assert verify(prefixed).ok
+    assert verify(prefixed, migrations=load_migrations(prefixed)).ok
 
     plain = load_settings(data, cwd=tmp_path, env={})
-    report = status(plain)
+    report = status(plain, migrations=load_migrations(plain))
     assert not report.initialised and all(not d.exists for d in report.databases)
     assert list_backups(plain) == []
     with pytest.raises(UsageError, match="DB_PATH_PREFIX"):
@@ -360,7 +361,7 @@ def test_other_settings_come_from_pyproject_unless_given(tmp_path, lifecycle):
     assert configured.migrations_dirs == (extra,)
     assert (configured.busy_timeout, configured.lock_timeout) == (0.25, 7.0)
     assert load_settings(None, cwd=tmp_path, env={}, busy_timeout=1.5).busy_timeout == 1.5
-    result = upgrade(configured)
+    result = upgrade(configured, migrations=load_migrations(configured))
     assert result.steps[-1].migration == "900_from_pyproject"
     (tmp_path / "pyproject.toml").write_text('[tool.toolkit]\nbusy-timeout = "soon"\n')
     with pytest.raises(UsageError, match="busy-timeout"):

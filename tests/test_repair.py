@@ -30,9 +30,14 @@ from hypothesis import strategies as st
 from toolkit.config import DATABASES, Settings, load_settings
 from toolkit.errors import UsageError
 from toolkit.fixtures import DEFECT_KINDS, generate
-from toolkit.repair.engine import RepairConflict, apply_repairs, list_repairs, plan_repairs, undo_repair
+from toolkit.repair.apply import apply_repairs
+from toolkit.repair.log import list_repairs
+from toolkit.repair.plan import plan_repairs
+from toolkit.repair.undo import undo_repair
+from toolkit.repair.writer import RepairConflict
 from toolkit.repair.model import Change, changed_columns
-from toolkit.rules import Registry, Violation, load_registry, rule, run_checks
+from toolkit.rules import Registry, Violation, rule, run_checks
+from toolkit.content import load_registry
 from dbstate import content_hashes, tables
 from dbstate import query as _query
 from dbstate import ro as _ro
@@ -186,14 +191,14 @@ def cycle(request, tmp_path_factory) -> Cycle:
     settings = _settings(tmp_path_factory.mktemp(f"cycle-{rule_id}"))
     manifest = generate(settings, trades=TRADES, tickers=TICKERS, seed=SEED,
                         defects={rule_id: COUNTS.get(rule_id, DEFAULT_COUNT)})
-    before_check = run_checks(settings, registry=REGISTRY, collect=True, record=False)
+    before_check = run_checks(settings, registry=REGISTRY, collect=True)
     before = dict(before_content=content_hashes(settings), before_tables=tables(settings),
                   before_counts=counts_by_rule(before_check), before_ledger=ledger_counts(settings),
                   positions_before=_positions(settings))
     plan = plan_repairs(settings, registry=REGISTRY, sample=EVERYTHING)
     after_plan_content = content_hashes(settings)
     result = apply_repairs(settings, registry=REGISTRY, sample=EVERYTHING)
-    after_check = run_checks(settings, registry=REGISTRY, record=False)
+    after_check = run_checks(settings, registry=REGISTRY)
     log = log_rows(settings, result.run_id)
     applied = dict(after_apply_tables=tables(settings), after_apply_counts=counts_by_rule(after_check),
                    after_apply_ledger=ledger_counts(settings), log=log,
@@ -207,7 +212,7 @@ def cycle(request, tmp_path_factory) -> Cycle:
     undo = undo_repair(settings, result.run_id)
     return Cycle(rule_id, settings, manifest, **before, before_check=before_check, plan=plan, after_plan_content=after_plan_content,
                  result=result, **applied, **second, undo=undo, after_undo_tables=tables(settings),
-                 after_undo_check=run_checks(settings, registry=REGISTRY, collect=True, record=False),
+                 after_undo_check=run_checks(settings, registry=REGISTRY, collect=True),
                  run_after_undo=run_row(settings, result.run_id), undo_run=run_row(settings, undo.run_id))
 
 
@@ -346,7 +351,7 @@ def test_undo_restores_the_logical_content_of_every_table(cycle: Cycle) -> None:
 def test_a_repair_larger_than_one_batch_is_exact_and_undoable(tmp_path: Path) -> None:
     """Thousands of changes per rule: written in several batches while the ledger scan still streams,
     and undone in several chunks of the journal."""
-    from toolkit.repair import engine
+    from toolkit.repair import undo, writer
 
     settings = _settings(tmp_path)
     defects = {"unlinked_closes": 2_600, "realized_pnl_mismatch": 2_200, "lot_status_inconsistent": 2_100}
@@ -354,19 +359,19 @@ def test_a_repair_larger_than_one_batch_is_exact_and_undoable(tmp_path: Path) ->
     before = tables(settings)
     plan = plan_repairs(settings, registry=REGISTRY, sample=0)
     planned = {p.rule.id: p.total_changes for p in plan.rules if p.total_changes}
-    assert set(planned) == set(defects) and all(n > engine._BATCH for n in planned.values()), planned
+    assert set(planned) == set(defects) and all(n > writer.BATCH for n in planned.values()), planned
 
     result = apply_repairs(settings, registry=REGISTRY, sample=0)
     assert {o.rule.id: o.total_changes for o in result.rules if o.status == "applied"} == planned
-    assert counts_by_rule(run_checks(settings, registry=REGISTRY, record=False)) == dict.fromkeys(REGISTRY.ids, 0)
+    assert counts_by_rule(run_checks(settings, registry=REGISTRY)) == dict.fromkeys(REGISTRY.ids, 0)
     assert len(log_rows(settings, result.run_id)) == result.applied_changes == sum(planned.values())
     assert plan_repairs(settings, registry=REGISTRY, sample=0).total_changes == 0
 
-    assert result.applied_changes > engine._UNDO_CHUNK  # the undo reads its journal in several chunks
+    assert result.applied_changes > undo.UNDO_CHUNK  # the undo reads its journal in several chunks
     undone = undo_repair(settings, result.run_id)
     assert undone.rows == result.applied_changes
     assert tables(settings) == before
-    report = run_checks(settings, registry=REGISTRY, collect=True, record=False)
+    report = run_checks(settings, registry=REGISTRY, collect=True)
     for rule_id in defects:
         assert fingerprints(report, rule_id) == manifest.expected(rule_id)
 
@@ -465,7 +470,7 @@ def test_a_repair_that_makes_another_rule_worse_is_rolled_back(protected, tmp_pa
     registry = Registry([zz_account_stamp, *REGISTRY, zz_models_unfixed])
     account_before = _query(settings, "trading", "SELECT * FROM account")
     models_before = tables(settings)["ml_training"]["rl_model_states"]
-    before = counts_by_rule(run_checks(settings, registry=REGISTRY, record=False))
+    before = counts_by_rule(run_checks(settings, registry=REGISTRY))
     assert before["bankroll_mismatch"] == 0 and before["opening_leg_with_pnl"] == 3
 
     said: list[str] = []
@@ -492,7 +497,7 @@ def test_a_repair_that_makes_another_rule_worse_is_rolled_back(protected, tmp_pa
     # the other repairs of the same run still applied, verified
     for rule_id in ("opening_leg_with_pnl", "rl_state_missing_avg_reward"):
         assert outcomes[rule_id].status == "applied" and outcomes[rule_id].verified, rule_id
-    after = counts_by_rule(run_checks(settings, registry=REGISTRY, record=False))
+    after = counts_by_rule(run_checks(settings, registry=REGISTRY))
     assert after["opening_leg_with_pnl"] == after["rl_state_missing_avg_reward"] == after["bankroll_mismatch"] == 0
     assert result.applied_changes == 5 == sum(len(manifest.defects[r]) for r in ("opening_leg_with_pnl", "rl_state_missing_avg_reward"))
 
@@ -505,7 +510,7 @@ def test_a_repair_that_makes_another_rule_worse_is_rolled_back(protected, tmp_pa
     assert "bankroll_mismatch got worse" in summary["zz_account_stamp"]["rolled_back"]
 
     # the rolled-back rules still report their violations; an undo restores the rest exactly
-    still = counts_by_rule(run_checks(settings, registry=registry, record=False))
+    still = counts_by_rule(run_checks(settings, registry=registry))
     assert still["zz_account_stamp"] == 1 and still["zz_models_unfixed"] == 5
     undo_repair(settings, result.run_id)
     assert tables(settings) == tables(protected[0])
@@ -523,7 +528,7 @@ def test_repairs_that_hold_are_verified_together_in_one_pass(protected, tmp_path
     assert not [m for m in said if "rule by rule" in m], said
     # one scan of the ledger for the census and one for the verification, none per rule
     assert sum(m.startswith("ledger scan") for m in said) == 2, said
-    after = counts_by_rule(run_checks(settings, registry=REGISTRY, record=False))
+    after = counts_by_rule(run_checks(settings, registry=REGISTRY))
     assert sum(after.values()) == 0, after
 
 
@@ -551,7 +556,7 @@ def test_a_repair_that_breaks_a_ledger_rule_on_its_ticker_is_rolled_back(protect
     assert outcome.status == "rolled back"
     assert "lot_status_inconsistent got worse (0 -> 1 violations)" in outcome.rolled_back, outcome.rolled_back
     assert _query(settings, "trading", "SELECT * FROM trades WHERE trade_id = ?", (lot,)) == row_before
-    assert counts_by_rule(run_checks(settings, registry=REGISTRY, record=False))["lot_status_inconsistent"] == 0
+    assert counts_by_rule(run_checks(settings, registry=REGISTRY))["lot_status_inconsistent"] == 0
 
 
 def test_verification_scope_comes_from_the_rows_written_not_from_the_planner(protected, tmp_path: Path) -> None:
@@ -582,12 +587,15 @@ def test_verification_scope_comes_from_the_rows_written_not_from_the_planner(pro
     assert _query(settings, "trading", "SELECT * FROM trades WHERE trade_id = ?", (lot,)) == row_before
 
 
-@pytest.mark.parametrize("planner, expected", [
-    (_delete_change, "tried to delete a ledger row"),
-    (_delete_directly, "DELETE from trades is refused"),
-    (_reprice, "UPDATE of trades.price is refused"),
+@pytest.mark.parametrize("planner, status, expected", [
+    # refused while planning (nothing was written to roll back): the plan's connection is read-only
+    (_delete_change, "error", "tried to delete a ledger row"),
+    (_delete_directly, "error", "readonly database"),
+    # refused while applying, by the guarded connection
+    (_reprice, "rolled back", "UPDATE of trades.price is refused"),
 ], ids=["delete-change", "delete-through-the-connection", "rewrite-executed-price"])
-def test_a_repair_that_rewrites_ledger_history_is_refused(protected, tmp_path: Path, planner, expected: str) -> None:
+def test_a_repair_that_rewrites_ledger_history_is_refused(protected, tmp_path: Path, planner, status: str,
+                                                          expected: str) -> None:
     settings = _fresh_copy(protected[0], tmp_path)
     bad = _first_buy_rule("zz_ledger_vandal", planner)
     registry = Registry([bad, *REGISTRY])
@@ -597,7 +605,8 @@ def test_a_repair_that_rewrites_ledger_history_is_refused(protected, tmp_path: P
     result = apply_repairs(settings, registry=registry)
     outcomes = {o.rule.id: o for o in result.rules}
     vandal = outcomes["zz_ledger_vandal"]
-    assert vandal.status == "rolled back" and expected in vandal.rolled_back, vandal.rolled_back
+    assert vandal.status == status and expected in (vandal.rolled_back or vandal.reason), vandal
+    assert result.incomplete == [vandal]
     assert ledger_counts(settings) == counts_before
     after = _query(settings, "trading", "SELECT * FROM trades ORDER BY trade_id")
     # the only trades that changed are the opening legs the real repair cleared
@@ -692,7 +701,7 @@ def test_a_repaired_session_has_the_ledger_of_its_clean_twin(defects: dict[str, 
 
     result = apply_repairs(dirty, registry=REGISTRY)
     assert not result.rolled_back, [(o.rule.id, o.rolled_back) for o in result.rolled_back]
-    report = run_checks(dirty, registry=REGISTRY, record=False)
+    report = run_checks(dirty, registry=REGISTRY)
     assert {r.rule.id: r.count for r in report.results if r.count or r.error} == {}
 
     mine, twin = tables(dirty), tables(clean)

@@ -23,8 +23,9 @@ from dbstate import content_hashes as content
 from dbstate import query, tables
 from toolkit.config import Settings, load_settings
 from toolkit.fixtures import generate
-from toolkit.repair.engine import apply_repairs
-from toolkit.rules import load_registry, run_checks
+from toolkit.repair.apply import apply_repairs
+from toolkit.rules import run_checks
+from toolkit.content import load_registry
 
 REGISTRY = load_registry(plugins=False)
 
@@ -390,7 +391,7 @@ def test_a_repair_that_does_not_hold_is_rolled_back_and_exits_1(session, cli, tm
     # bankroll_mismatch was repaired first; the stamp's rollback left the account as that repair made it
     after = query(settings, "trading", "SELECT * FROM account")
     assert after[0][4] == account[0][4] and after[0][2] != account[0][2]
-    report = run_checks(settings, registry=REGISTRY, record=False)
+    report = run_checks(settings, registry=REGISTRY)
     assert {r.rule.id for r in report.results if r.count} == NOT_REPAIRABLE
     status = query(settings, "migrations", "SELECT status FROM repair_runs")
     assert status == [("partial",)]
@@ -404,7 +405,7 @@ def test_the_demo_shows_gate_plan_repair_and_what_is_left(tmp_path: Path, cli) -
     assert first.returncode == 0, first.stderr
     out = first.stdout
     sections = ["== 1. migrate", "== 2. a paper-trading session", "== 3. the gate", "== 4. the repair plan",
-                "== 5. apply it", "== 6. the gate again"]
+                "== 5. apply that plan", "== 6. the gate again"]
     positions = [out.index(s) for s in sections]
     assert positions == sorted(positions)
     gate, plan, repair, second = (out[positions[i]:positions[i + 1] if i + 1 < len(positions) else None] for i in range(2, 6))
@@ -415,7 +416,7 @@ def test_the_demo_shows_gate_plan_repair_and_what_is_left(tmp_path: Path, cli) -
     # in the second gate only rules without an automatic repair fail, and each is explained
     failing = set(re.findall(r"^(?:FAIL|warn)\s+(\w+)", second, re.M))
     settings = _settings(demo)
-    report = run_checks(settings, registry=REGISTRY, record=False)
+    report = run_checks(settings, registry=REGISTRY)
     left = {r.rule.id for r in report.results if r.count}
     assert failing == left and left and not {r for r in left if REGISTRY[r].repairable}
     for rule_id in left:

@@ -26,7 +26,8 @@ import pytest
 
 from toolkit.config import DATABASES, Settings, load_settings
 from toolkit.fixtures import generate
-from toolkit.rules import load_registry, run_checks
+from toolkit.rules import run_checks
+from toolkit.content import load_registry
 
 import subproc
 from dbstate import content_hashes, query, tables
@@ -42,12 +43,14 @@ NOT_REPAIRABLE = {"orphaned_sells"}
 WRAPPER = textwrap.dedent("""
     import os, signal, sys, time
     from pathlib import Path
-    import toolkit.repair.engine as engine
+    import toolkit.repair.apply as apply
+    import toolkit.repair.undo as undo
+    import toolkit.repair.writer as writer
 
     marker = Path(os.environ["REPAIR_MARKER"])
     point = os.environ["REPAIR_CRASH"]
     if point == "mid-apply":
-        execute = engine._Writer._execute
+        execute = writer.Writer._execute
         written = set()
 
         def stall(self, batch):
@@ -57,19 +60,19 @@ WRAPPER = textwrap.dedent("""
                 marker.write_text(str(os.getpid()))
                 time.sleep(120)
 
-        engine._Writer._execute = stall
+        writer.Writer._execute = stall
     elif point == "after-commit":
         def die(settings, result):
             marker.write_text(result.run_id)
             os.kill(os.getpid(), signal.SIGKILL)
 
-        engine._record_run = die
+        apply.record_run = die
     elif point == "undo-after-commit":
         def die_undo(settings, undo_id, run_id, rows, now):
             marker.write_text(undo_id)
             os.kill(os.getpid(), signal.SIGKILL)
 
-        engine._record_undo = die_undo
+        undo.record_undo = die_undo
     from toolkit.cli import integrity_main
     sys.argv = ["integrity", *sys.argv[1:]]
     integrity_main()
@@ -158,7 +161,7 @@ def test_sigkill_mid_apply_leaves_every_file_as_it_was(session, cli, tmp_path: P
     assert again.returncode == 0, again.stderr
     assert time.monotonic() - started < 10
     assert "applied and verified" in again.stdout
-    report = run_checks(settings, registry=REGISTRY, record=False)
+    report = run_checks(settings, registry=REGISTRY)
     assert {r.rule.id for r in report.results if r.count} == NOT_REPAIRABLE
 
 
@@ -172,7 +175,7 @@ def test_sigkill_after_commit_is_reconciled_and_undoable(session, cli, tmp_path:
     run_id = marker.read_text()
 
     # every file holds all of its repair and its journal; migrations.db does not know the run yet
-    report = run_checks(settings, registry=REGISTRY, record=False)
+    report = run_checks(settings, registry=REGISTRY)
     assert {r.rule.id for r in report.results if r.count} == NOT_REPAIRABLE
     journaled = {name: len(journal(settings, name)) for name in DATABASES}
     assert all(journaled[name] > 0 for name in DATABASES), journaled  # the defects touch all three files

@@ -16,8 +16,9 @@ import pytest
 from toolkit.config import Settings, load_settings
 from toolkit.fixtures import generate
 from toolkit.report import FORMATS, render
-from toolkit.rules import Registry, Rule, Severity, Violation, load_registry, run_checks
+from toolkit.rules import Registry, Rule, Severity, Violation, run_checks
 from toolkit.rules.model import fingerprint
+from toolkit.content import load_registry
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = load_registry(plugins=False)
@@ -52,11 +53,11 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict:
     generate(_settings(root), trades=3_000, tickers=40, seed=51,
              defects={"orphaned_sells": 2, "snapshot_equity_mismatch": 3, "bankroll_mismatch": 1,
                       "rl_state_missing_avg_reward": 3, "qtable_unsafe_keys": 1})
-    made["violations"] = run_checks(_settings(root), registry=BUNDLED, sample=SAMPLE, record=False)
+    made["violations"] = run_checks(_settings(root), registry=BUNDLED, sample=SAMPLE)
 
     clean = tmp_path_factory.mktemp("clean")
     generate(_settings(clean), trades=3_000, tickers=40, seed=52)
-    made["clean"] = run_checks(_settings(clean), registry=BUNDLED, sample=SAMPLE, record=False)
+    made["clean"] = run_checks(_settings(clean), registry=BUNDLED, sample=SAMPLE)
 
     broken = tmp_path_factory.mktemp("problems")
     shutil.copytree(clean / "data", broken / "data")
@@ -77,7 +78,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict:
     finally:
         conn.close()
     made["problems"] = run_checks(_settings(broken), registry=Registry([*BUNDLED, CRASHING]), sample=SAMPLE,
-                                  fail_on=Severity.CRITICAL, record=False)
+                                  fail_on=Severity.CRITICAL)
 
     odd = tmp_path_factory.mktemp("nonfinite")
     shutil.copytree(clean / "data", odd / "data")
@@ -88,7 +89,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict:
         conn.execute("UPDATE trades SET price = 9e999 WHERE trade_id = (SELECT max(trade_id) FROM trades WHERE action = 'BUY')")
     finally:
         conn.close()
-    made["nonfinite"] = run_checks(_settings(odd), registry=BUNDLED, sample=SAMPLE, record=False)
+    made["nonfinite"] = run_checks(_settings(odd), registry=BUNDLED, sample=SAMPLE)
     return made
 
 

@@ -15,8 +15,9 @@ import pytest
 from toolkit.config import Settings, load_settings
 from toolkit.errors import RuleDefinitionError, UnknownNameError
 from toolkit.fixtures import generate
-from toolkit.rules import Registry, Rule, Scan, Severity, Violation, load_registry, rule, run_checks
+from toolkit.rules import Registry, Rule, Scan, Severity, Violation, rule, run_checks
 from toolkit.rules.registry import directory_rules, rules_in
+from toolkit.content import load_registry
 
 BUNDLED = load_registry(plugins=False)
 
@@ -239,7 +240,7 @@ def test_a_rule_that_raises_is_an_error_and_blocks_any_gate(defective) -> None:
                     check=_boom, source="test")
     registry = Registry([*BUNDLED, crashing])
     report = run_checks(settings, registry=registry, rule_ids=["crashing_rule", "snapshot_equity_mismatch"],
-                        fail_on=Severity.CRITICAL, record=False)
+                        fail_on=Severity.CRITICAL)
     result = report.result("crashing_rule")
     assert result.status == "error"
     assert "ZeroDivisionError" in result.error and "divided by zero" in result.error
@@ -262,7 +263,7 @@ def test_a_scan_that_raises_errors_every_member(defective) -> None:
     members = [Rule(id=f"scan_member_{n}", severity=Severity.MEDIUM, description="Member.", databases=("trading",),
                     scan=scan, source="test") for n in (1, 2)]
     report = run_checks(settings, registry=Registry([*BUNDLED, *members]),
-                        rule_ids=["scan_member_1", "scan_member_2", "opening_leg_with_pnl"], record=False)
+                        rule_ids=["scan_member_1", "scan_member_2", "opening_leg_with_pnl"])
     assert [(r.rule.id, r.status) for r in report.results] == [
         ("opening_leg_with_pnl", "failed"), ("scan_member_1", "error"), ("scan_member_2", "error")]
     assert all("RuntimeError: scan broke" == report.result(f"scan_member_{n}").error for n in (1, 2))
@@ -271,7 +272,7 @@ def test_a_scan_that_raises_errors_every_member(defective) -> None:
 def test_an_sql_rule_without_its_key_columns_is_an_error(defective) -> None:
     settings, _ = defective
     wrong = _sql_rule("wrong_columns", "test", sql="SELECT ticker FROM trading.trades LIMIT 1")
-    report = run_checks(settings, registry=Registry([wrong]), record=False)
+    report = run_checks(settings, registry=Registry([wrong]))
     assert report.result("wrong_columns").status == "error"
     assert "trade_id" in report.result("wrong_columns").error
     assert report.exit_code == 1
@@ -280,7 +281,7 @@ def test_an_sql_rule_without_its_key_columns_is_an_error(defective) -> None:
 @pytest.mark.parametrize("sample", [0, 1, 2])
 def test_samples_are_bounded_while_counts_stay_exact(defective, sample: int) -> None:
     settings, manifest = defective
-    report = run_checks(settings, registry=BUNDLED, sample=sample, collect=True, record=False)
+    report = run_checks(settings, registry=BUNDLED, sample=sample, collect=True)
     assert report.sample == sample
     for rule_id in ("opening_leg_with_pnl", "realized_pnl_mismatch", "snapshot_equity_mismatch"):
         result = report.result(rule_id)
@@ -293,7 +294,7 @@ def test_samples_are_bounded_while_counts_stay_exact(defective, sample: int) -> 
 
 def test_money_samples_carry_stored_computed_difference_tolerance(defective) -> None:
     settings, _ = defective
-    report = run_checks(settings, registry=BUNDLED, record=False)
+    report = run_checks(settings, registry=BUNDLED)
     checked = 0
     for rule_id in ("bankroll_mismatch", "snapshot_equity_mismatch", "realized_pnl_mismatch"):
         for violation in report.result(rule_id).samples:
@@ -328,9 +329,9 @@ def clean_copy_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_per_rule_tolerance_from_pyproject(tmp_path: Path, clean_copy_source: Path) -> None:
     shutil.copytree(clean_copy_source, tmp_path / "data")
     default = _settings(tmp_path)
-    assert run_checks(default, registry=BUNDLED, record=False).exit_code == 0
+    assert run_checks(default, registry=BUNDLED).exit_code == 0
     _off_by(default, 0.5)
-    failing = run_checks(default, registry=BUNDLED, record=False).result("bankroll_mismatch")
+    failing = run_checks(default, registry=BUNDLED).result("bankroll_mismatch")
     assert failing.status == "failed" and failing.count == 1
     assert failing.samples[0].tolerance == pytest.approx(0.01)
     assert failing.samples[0].difference == pytest.approx(0.5, abs=1e-6)
@@ -339,11 +340,11 @@ def test_per_rule_tolerance_from_pyproject(tmp_path: Path, clean_copy_source: Pa
         "[tool.toolkit.rules.bankroll_mismatch]\ntolerance = 1.0\n", encoding="utf-8")
     tolerant = _settings(tmp_path)
     assert tolerant.rule_options == {"bankroll_mismatch": {"tolerance": 1.0}}
-    report = run_checks(tolerant, registry=BUNDLED, record=False)
+    report = run_checks(tolerant, registry=BUNDLED)
     assert report.result("bankroll_mismatch").status == "passed" and report.exit_code == 0
 
     _off_by(default, 1.0)  # now 1.5 off: beyond the configured tolerance too
-    beyond = run_checks(tolerant, registry=BUNDLED, record=False).result("bankroll_mismatch")
+    beyond = run_checks(tolerant, registry=BUNDLED).result("bankroll_mismatch")
     assert beyond.status == "failed" and beyond.samples[0].tolerance == pytest.approx(1.0)
 
 
@@ -357,7 +358,7 @@ def test_per_rule_tolerance_applies_to_that_rule_only(tmp_path: Path, clean_copy
     _off_by(_settings(tmp_path), 0.5)
     (tmp_path / "pyproject.toml").write_text(
         "[tool.toolkit.rules.snapshot_equity_mismatch]\ntolerance = 1.0\n", encoding="utf-8")
-    report = run_checks(_settings(tmp_path), registry=BUNDLED, record=False)
+    report = run_checks(_settings(tmp_path), registry=BUNDLED)
     assert report.result("snapshot_equity_mismatch").status == "passed"
     assert report.result("bankroll_mismatch").status == "failed"
 
@@ -366,7 +367,7 @@ def test_run_checks_refuses_a_missing_data_directory(tmp_path: Path) -> None:
     from toolkit.errors import NotInitialisedError
 
     with pytest.raises(NotInitialisedError, match="does not exist"):
-        run_checks(_settings(tmp_path), registry=BUNDLED, record=False)
+        run_checks(_settings(tmp_path), registry=BUNDLED)
 
 
 def test_rule_context_sees_every_database_attached(defective) -> None:
@@ -383,7 +384,7 @@ def test_rule_context_sees_every_database_attached(defective) -> None:
         # read-only: a write is refused and reported as the rule's error
         ctx.conn.execute("DELETE FROM trading.trades")
 
-    report = run_checks(settings, registry=Registry([probe]), record=False)
+    report = run_checks(settings, registry=Registry([probe]))
     result = report.result("cross_db_probe")
     trades, positions, runs = map(int, result.samples[0].message.split())
     assert trades >= 3_000 and positions > 0 and runs > 0
@@ -406,7 +407,7 @@ def test_fills_of_unknown_orders_are_found_by_both_rules_from_one_foreign_key_pa
     shutil.copytree(clean_copy_source, tmp_path / "data")
     settings = _settings(tmp_path)
     stray = _fills_of_unknown_orders(settings, 3)
-    report = run_checks(settings, registry=BUNDLED, record=False, collect=True, sample=10)
+    report = run_checks(settings, registry=BUNDLED, collect=True, sample=10)
     orders = report.result("order_fill_mismatch")
     assert orders.count == 3 and {v.key["fill_id"] for v in orders.samples} == stray
     assert all("unknown order 'no-such-order-" in v.message and v.fix is None for v in orders.samples)
@@ -429,7 +430,7 @@ def test_fills_of_unknown_orders_are_found_without_the_foreign_key_too(tmp_path:
     finally:
         conn.close()
     report = run_checks(settings, registry=BUNDLED, rule_ids=["order_fill_mismatch", "foreign_key_violations"],
-                        record=False, sample=10)
+                        sample=10)
     assert report.result("foreign_key_violations").count == 0
     orders = report.result("order_fill_mismatch")
     assert orders.count == 2 and {v.key["fill_id"] for v in orders.samples} == stray

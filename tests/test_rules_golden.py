@@ -14,7 +14,8 @@ import pytest
 
 from toolkit.config import DATABASES, Settings, load_settings
 from toolkit.fixtures import DEFECT_KINDS, generate
-from toolkit.rules import Severity, load_registry, run_checks
+from toolkit.rules import Severity, run_checks
+from toolkit.content import load_registry
 
 #: The bundled catalogue (third-party plugins installed in the environment are not ours to golden-test).
 REGISTRY = load_registry(plugins=False)
@@ -78,7 +79,7 @@ def test_golden_case(rule_id: str, tmp_path: Path) -> None:
     assert len(manifest.defects.get(rule_id, [])) == count, manifest.defects
     assert set(manifest.defects) - {rule_id} <= OVERLAPS.get(rule_id, set()), manifest.defects
     damaged = frozenset(k["database"] for k in manifest.defects.get("sqlite_quick_check", []))
-    report = run_checks(settings, registry=REGISTRY, collect=True, record=False, sample=5)
+    report = run_checks(settings, registry=REGISTRY, collect=True, sample=5)
     _assert_exact(report, manifest, damaged=damaged)
     result = report.result(rule_id)
     assert result.status == "failed"
@@ -99,7 +100,7 @@ def test_golden_quick_check_damages_only_the_named_file(tmp_path: Path) -> None:
                         defects={"sqlite_quick_check": 1, "orphaned_sells": 2, "snapshot_equity_mismatch": 2})
     damaged = frozenset(k["database"] for k in manifest.defects["sqlite_quick_check"])
     assert len(damaged) == 1
-    report = run_checks(settings, registry=REGISTRY, collect=True, record=False)
+    report = run_checks(settings, registry=REGISTRY, collect=True)
     _assert_exact(report, manifest, damaged=damaged)
     ran = [r for r in report.results if not set(r.rule.databases) & damaged]
     assert ran and all(r.status in ("passed", "failed") for r in ran)
@@ -114,7 +115,7 @@ def test_golden_several_rules_at_once(tmp_path: Path) -> None:
     manifest = generate(settings, trades=TRADES, tickers=TICKERS, seed=SEED + 2, defects=defects)
     for rule_id, count in defects.items():
         assert len(manifest.defects[rule_id]) >= count, rule_id
-    report = run_checks(settings, registry=REGISTRY, collect=True, record=False)
+    report = run_checks(settings, registry=REGISTRY, collect=True)
     _assert_exact(report, manifest)
     assert {r.rule.id for r in report.results if r.status == "failed"} == set(defects)
     assert report.exit_code == 1
@@ -127,7 +128,7 @@ def clean_report(tmp_path_factory: pytest.TempPathFactory):
     settings = _settings(tmp_path_factory.mktemp("clean10k"))
     manifest = generate(settings, trades=10_000, tickers=80, seed=SEED)
     assert manifest.defects == {}
-    return manifest, run_checks(settings, registry=REGISTRY, collect=True, record=False)
+    return manifest, run_checks(settings, registry=REGISTRY, collect=True)
 
 
 def test_clean_session_passes_every_rule(clean_report) -> None:

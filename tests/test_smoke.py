@@ -5,6 +5,7 @@ from toolkit.migrate.runner import downgrade, upgrade
 from toolkit.migrate.status import status
 from toolkit.migrate.verify import live_schema, verify
 from toolkit.db import connect
+from toolkit.content import load_migrations
 
 
 def _schemas(settings):
@@ -19,19 +20,19 @@ def _schemas(settings):
 
 
 def test_upgrade_downgrade_upgrade_gives_the_same_schema(settings):
-    first = upgrade(settings)
+    first = upgrade(settings, migrations=load_migrations(settings))
     assert [s.migration for s in first.steps] == [
         "001_create_positions_tables", "002_create_trading_tables", "003_create_ml_training_tables",
         "004_create_ledger_tables", "005_create_rl_model_states",
     ]
     before = _schemas(settings)
     assert ("table", "trades") in before["trading"] and ("view", "v_equity_curve") in before["trading"]
-    report = status(settings)
+    report = status(settings, migrations=load_migrations(settings))
     assert report.up_to_date and [d.version for d in report.databases] == ["001", "004", "005"]
-    assert verify(settings).ok
-    down = downgrade(settings)
+    assert verify(settings, migrations=load_migrations(settings)).ok
+    down = downgrade(settings, migrations=load_migrations(settings))
     assert len(down.steps) == 5
     assert all(not objects for objects in _schemas(settings).values())
-    upgrade(settings)
+    upgrade(settings, migrations=load_migrations(settings))
     assert _schemas(settings) == before
-    assert verify(settings).ok
+    assert verify(settings, migrations=load_migrations(settings)).ok

@@ -1,7 +1,8 @@
 """Connections, explicit transactions, attaching the databases, and a logical content hash.
 
 Every connection is opened with ``isolation_level=None``: Python never begins or commits on our
-behalf, and every transaction in the toolkit is an explicit ``BEGIN IMMEDIATE`` / ``SAVEPOINT``.
+behalf, and every transaction in the toolkit is opened by :func:`atomic` (``BEGIN IMMEDIATE`` or a
+``SAVEPOINT`` when nested).
 Writable connections use WAL, ``synchronous=NORMAL``, ``foreign_keys=ON`` and a busy timeout.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from .errors import DatabaseBusyError, DatabaseFileError, NotInitialisedError, ToolkitError
 
 __all__ = [
+    "atomic",
     "connect",
     "open_databases",
     "transaction",
@@ -166,32 +168,51 @@ def open_databases(
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
-    """``BEGIN <mode>`` … ``COMMIT``; ``ROLLBACK`` on any exception, KeyboardInterrupt included."""
+def atomic(conn: sqlite3.Connection, savepoint: str | None = None, *, mode: str = "IMMEDIATE",
+           path: object = None, action: str = "") -> Iterator[sqlite3.Connection]:
+    """The toolkit's one way into a unit of work: ``BEGIN <mode>`` … ``COMMIT`` outside a transaction,
+    ``SAVEPOINT`` … ``RELEASE`` inside one (``savepoint`` names it). Any exception — KeyboardInterrupt
+    included — rolls the unit back (``ROLLBACK`` / ``ROLLBACK TO`` + ``RELEASE``, only while the
+    transaction is still open) and propagates. SQLite errors while beginning are reported naming
+    ``path`` and ``action`` when given.
+    """
     if mode not in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE"):
         raise ValueError(f"unknown transaction mode {mode!r}")
-    conn.execute(f"BEGIN {mode}")
+    nested = conn.in_transaction
+    ident = quote_ident(savepoint or "atomic")
+    try:
+        conn.execute(f"SAVEPOINT {ident}" if nested else f"BEGIN {mode}")
+    except sqlite3.Error as exc:
+        if path is None:
+            raise
+        raise translate_error(exc, path, action=action or "starting a transaction") from exc
     try:
         yield conn
     except BaseException:
         if conn.in_transaction:
-            conn.execute("ROLLBACK")
+            if nested:
+                conn.execute(f"ROLLBACK TO {ident}")
+                conn.execute(f"RELEASE {ident}")
+            else:
+                conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    conn.execute(f"RELEASE {ident}" if nested else "COMMIT")
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+    """A top-level transaction through :func:`atomic` (refuses to nest: use a savepoint for that)."""
+    if conn.in_transaction:
+        raise ToolkitError("a transaction is already open on this connection", hint="use db.atomic() to nest a savepoint")
+    with atomic(conn, mode=mode):
+        yield conn
 
 
 @contextmanager
 def savepoint(conn: sqlite3.Connection, name: str) -> Iterator[sqlite3.Connection]:
-    """A nested unit of work: ``RELEASE`` on success, ``ROLLBACK TO`` + ``RELEASE`` on failure."""
-    ident = quote_ident(name)
-    conn.execute(f"SAVEPOINT {ident}")
-    try:
+    """A named nested unit of work through :func:`atomic` (a transaction of its own outside one)."""
+    with atomic(conn, name):
         yield conn
-    except BaseException:
-        conn.execute(f"ROLLBACK TO {ident}")
-        conn.execute(f"RELEASE {ident}")
-        raise
-    conn.execute(f"RELEASE {ident}")
 
 
 def split_statements(script: str) -> list[str]:

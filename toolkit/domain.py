@@ -1,14 +1,20 @@
 """What a single value of the ledger may be: a plausible ticker, a finite positive price, a run id.
 
-One definition shared by the trade writer (refuses), the guarded connection (refuses) and the
-``trade_row_invalid`` rule (detects).
+One definition shared by the trade writer (refuses), the guarded connection (refuses: the ledger's
+own row guards, :data:`LEDGER_GUARDS`) and the ``trade_row_invalid`` rule (detects).
 """
 from __future__ import annotations
 
 import math
 import re
 
+from .guard.model import Guard
+
 __all__ = [
+    "LEDGER_GUARDS",
+    "OPENING_LEG_GUARD",
+    "RUN_ID_GUARD",
+    "TICKER_GUARD",
     "TICKER_PATTERN",
     "is_plausible_ticker",
     "trade_problems",
@@ -30,6 +36,21 @@ _TICKER = re.compile(TICKER_PATTERN)
 def is_plausible_ticker(value: object) -> bool:
     # fullmatch: with match(), "$" also matches before a trailing newline, so "AAPL\n" passed
     return isinstance(value, str) and _TICKER.fullmatch(value) is not None
+
+
+#: An opening leg never carries realized P&L (``opening_leg_with_pnl`` reports a breach).
+OPENING_LEG_GUARD = Guard("trading.trades", ("INSERT", "UPDATE OF realized_pnl, action"),
+                          "NEW.action = 'BUY' AND NEW.realized_pnl IS NOT NULL",
+                          "an opening leg (BUY) never carries realized P&L", rule_id="opening_leg_with_pnl")
+#: Every trade names the session that produced it (``trade_row_invalid``).
+RUN_ID_GUARD = Guard("trading.trades", ("INSERT",), "NEW.run_id IS NULL OR trim(NEW.run_id) = ''",
+                     "a trade needs the run_id of the session that produced it", rule_id="trade_row_invalid")
+#: Every trade's ticker is a plausible symbol (``trade_row_invalid``).
+TICKER_GUARD = Guard("trading.trades", ("INSERT",), "NOT toolkit_plausible_ticker(NEW.ticker)",
+                     "the ticker is not a plausible symbol", {"toolkit_plausible_ticker": is_plausible_ticker},
+                     rule_id="trade_row_invalid")
+#: The ledger's own row guards: what every guarded connection installs unless told otherwise.
+LEDGER_GUARDS: tuple[Guard, ...] = (OPENING_LEG_GUARD, RUN_ID_GUARD, TICKER_GUARD)
 
 
 def is_finite_number(value: object) -> bool:

@@ -52,11 +52,13 @@ def toolkit_settings(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def rolled_back_db(request: pytest.FixtureRequest, toolkit_settings: Any) -> Iterator[Any]:
     """A guarded connection inside a rollback-only session; proves the data unchanged afterwards."""
+    from toolkit.content import load_registry
     from toolkit.guard.connection import connect_guarded, rollback_only
 
     marker = request.node.get_closest_marker("toolkit_guardrails")
     guardrails = bool(marker.args[0]) if marker and marker.args else True
-    conn = connect_guarded(toolkit_settings, guardrails=guardrails)
+    # The whole catalogue's row guards, as `integrity adversarial` installs them.
+    conn = connect_guarded(toolkit_settings, guardrails=guardrails, guards=load_registry(toolkit_settings).guards)
     try:
         with rollback_only(conn) as session:
             yield session

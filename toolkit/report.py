@@ -318,8 +318,11 @@ def render_repair(result: Any, fmt: str = "table") -> str:
         return json.dumps(plan_data(result), indent=2, default=str)
     lines = _repair_table(result, True)
     rolled = result.rolled_back
+    failed = [r for r in result.incomplete if r not in rolled]
     lines.append(f"\nrepair {result.run_id}: {result.applied_changes} row change(s) applied and verified"
-                 + (f", {len(rolled)} rule(s) rolled back" if rolled else "") + f" ({result.seconds:.2f} s)")
+                 + (f", {len(rolled)} rule(s) rolled back" if rolled else "")
+                 + (f", {len(failed)} rule(s) not repaired ({', '.join(f'{r.rule.id}: {r.status}' for r in failed)})"
+                    if failed else "") + f" ({result.seconds:.2f} s)")
     if result.applied_changes:
         lines.append(f"undo with `integrity repair undo {result.run_id}`")
     return "\n".join(lines)

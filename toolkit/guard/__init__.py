@@ -1,6 +1,26 @@
-"""Guardrails for a bot's connection, the rollback-only session, and the adversarial harness."""
+"""Guardrails for a bot's connection, the rollback-only session, and the adversarial harness.
+
+Imported lazily: ``toolkit.guard.model`` (the :class:`Guard` value) costs nothing more.
+"""
 from __future__ import annotations
 
-from .connection import GuardedConnection, connect_guarded, rollback_only
+import importlib
+from typing import Any
 
-__all__ = ["GuardedConnection", "connect_guarded", "rollback_only"]
+_EXPORTS = {
+    "Guard": "toolkit.guard.model",
+    "GuardedConnection": "toolkit.guard.connection",
+    "connect_guarded": "toolkit.guard.connection",
+    "rollback_only": "toolkit.guard.connection",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'toolkit.guard' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

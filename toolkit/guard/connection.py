@@ -6,10 +6,11 @@ Guardrails (``connect_guarded``):
   allowlist; no ATTACH/DETACH (so no VACUUM); no DDL; the trade ledger and the positions projection
   are written only inside ``conn.trusted(...)`` (the trade writer, repairs), and even there ledger
   rows are never deleted and executed columns never updated;
-- row-level invariants as TEMP triggers, declared by the rules that detect their breach (an opening
-  leg with P&L, a trade without run id or with an implausible ticker, equity that is not cash + long
-  − short, order fields that disagree with fills, unsafe Q-table keys...). TEMP triggers live on
-  this connection only: the files' schema never changes;
+- row-level invariants as TEMP triggers (:class:`~toolkit.guard.model.Guard`): the ledger's own by
+  default (an opening leg with P&L, a trade without run id or with an implausible ticker), and
+  whatever else the caller passes — the integrity rules declare one for each breach they detect
+  (equity that is not cash + long − short, order fields that disagree with fills, unsafe Q-table
+  keys...). TEMP triggers live on this connection only: the files' schema never changes;
 - foreign keys enforced; ``executescript`` refused (it commits an open transaction first).
 
 A refusal raises :class:`~toolkit.errors.GuardrailViolation` naming the statement and the reason.
@@ -30,11 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DATABASES, Settings, load_settings
-from ..db import open_databases, quote_ident, table_hashes
+from ..backend import backend_for
+from ..db import table_hashes
+from ..domain import LEDGER_GUARDS
 from ..errors import GuardrailViolation, IsolationBreach
-from .policy import NO_DELETE, guard_decision, session_decision
+from .model import Guard
+from .policy import guard_decision, session_decision
 
-__all__ = ["GuardedConnection", "connect_guarded", "rollback_only", "SESSION_SAVEPOINT", "install_guards"]
+__all__ = ["GuardedConnection", "connect_guarded", "rollback_only", "SESSION_SAVEPOINT"]
 
 SESSION_SAVEPOINT = "_toolkit_session"
 
@@ -170,44 +174,6 @@ class GuardedConnection(sqlite3.Connection):
         return self._session is not None
 
 
-def install_guards(conn: sqlite3.Connection, settings: Settings, attached: Iterable[str]) -> int:
-    """Create the TEMP triggers the rules declare (for the attached databases); returns how many."""
-    from ..rules.registry import load_registry
-
-    present = set(attached)
-    count = 0
-    for rule in load_registry(settings):
-        for n, guard in enumerate(rule.guards):
-            database = guard.table.split(".", 1)[0]
-            if database not in present:
-                continue
-            for name, function in guard.functions.items():
-                conn.create_function(name, function.__code__.co_argcount, function, deterministic=True)
-            tolerance = float(settings.rule_options.get(rule.id, {}).get("tolerance", rule.options.get("tolerance", settings.tolerance)))
-            condition = guard.when.replace("{tolerance}", repr(tolerance))
-            message = f"guardrail: {rule.id}: {guard.reason}".replace("'", "''")
-            for m, event in enumerate(guard.events):
-                table = ".".join(quote_ident(part) for part in guard.table.split(".", 1))
-                conn.execute(
-                    f"CREATE TEMP TRIGGER {quote_ident(f'guard_{rule.id}_{n}_{m}')} BEFORE {event} ON {table} "
-                    f"FOR EACH ROW WHEN {condition} BEGIN SELECT RAISE(ABORT, '{message}'); END")
-                count += 1
-    return count
-
-
-def _forbid_ledger_deletes(conn: sqlite3.Connection, attached: Iterable[str]) -> None:
-    """Ledger rows are never deleted, not even by a REPLACE: with recursive triggers on, the rows a
-    REPLACE conflict removes fire DELETE triggers (the authorizer never sees those deletes)."""
-    conn.execute("PRAGMA recursive_triggers = ON")
-    present = set(attached)
-    for database, table in sorted(NO_DELETE):
-        if database in present:
-            conn.execute(
-                f"CREATE TEMP TRIGGER {quote_ident(f'guard_no_delete_{table}')} BEFORE DELETE ON "
-                f"{quote_ident(database)}.{quote_ident(table)} FOR EACH ROW BEGIN "
-                f"SELECT RAISE(ABORT, 'guardrail: {table} rows are never deleted (not even by INSERT OR REPLACE)'); END")
-
-
 def connect_guarded(
     where: Settings | str | Path,
     *,
@@ -215,9 +181,13 @@ def connect_guarded(
     names: Iterable[str] = DATABASES,
     busy_timeout: float | None = None,
     cache_kib: int | None = None,
+    guards: Iterable[Guard] | None = None,
 ) -> GuardedConnection:
     """Open the databases (attached as ``positions``, ``trading``, ``ml_training``) for a bot.
 
+    ``guards`` are the row guards to install: by default the ledger's own
+    (:data:`toolkit.domain.LEDGER_GUARDS`); the integrity rules declare more, which the adversarial
+    harness and the pytest fixture install (``Registry.guards``).
     ``cache_kib`` sets each file's page cache (SQLite's default, 2 MiB, when not given).
 
     With ``guardrails=False`` the connection behaves like a plain one (no authorizer rules, no
@@ -225,15 +195,15 @@ def connect_guarded(
     detected; the rollback-only session still applies.
     """
     settings = where if isinstance(where, Settings) else load_settings(where)
+    if busy_timeout is not None:
+        settings = settings.with_(busy_timeout=busy_timeout)
     chosen = list(names)
-    conn = open_databases({n: settings.path(n) for n in chosen}, readonly=False, factory=GuardedConnection,
-                          busy_timeout=busy_timeout if busy_timeout is not None else settings.busy_timeout,
-                          cache_kib=cache_kib)
+    backend = backend_for(settings)
+    conn = backend.open(chosen, readonly=False, factory=GuardedConnection, cache_kib=cache_kib)
     assert isinstance(conn, GuardedConnection)
     try:
         if guardrails:
-            install_guards(conn, settings, chosen)
-            _forbid_ledger_deletes(conn, chosen)
+            backend.install_guards(conn, LEDGER_GUARDS if guards is None else guards, chosen)
         else:
             conn.execute("PRAGMA foreign_keys = OFF")
         sqlite3.Connection.set_authorizer(conn, conn._authorize)

@@ -14,13 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..config import DATABASES, Settings
-from ..errors import GuardrailViolation, IsolationBreach, UnknownNameError
+from ..errors import GuardrailViolation, IsolationBreach, UnknownNameError, UsageError
 from ..rules.model import CheckContext
-from ..rules.registry import Registry, load_registry
+from ..rules.registry import Registry
 from ..rules.runner import execute_rules
+from .attack import Attack, AttackContext
 from .connection import connect_guarded, rollback_only
 
-__all__ = ["AttackOutcome", "HarnessReport", "run_attacks", "load_attacks"]
+__all__ = ["AttackOutcome", "HarnessReport", "run_attacks", "select_attacks"]
 
 
 @dataclass
@@ -54,10 +55,19 @@ class HarnessReport:
         return 1 if self.gaps else 0
 
 
-def load_attacks():
-    from ..fixtures.attacks import ATTACKS
-
-    return list(ATTACKS)
+def select_attacks(attacks: Sequence[Attack], attack_ids: Sequence[str] | None = None) -> list[Attack]:
+    """The attacks to run, in catalogue order: all, or those named (unknown or duplicate ids refused)."""
+    known: dict[str, Attack] = {}
+    for item in attacks:
+        if item.id in known:
+            raise UsageError(f"duplicate attack id {item.id!r} in the catalogue", hint="attack ids are unique; rename one")
+        known[item.id] = item
+    if not attack_ids:
+        return list(known.values())
+    for attack_id in attack_ids:
+        if attack_id not in known:
+            raise UnknownNameError("attack", attack_id, known)
+    return [a for a in known.values() if a.id in set(attack_ids)]
 
 
 def _count(conn: sqlite3.Connection, settings: Settings, rules: list, tickers: set[str] | None) -> dict[str, int]:
@@ -74,32 +84,26 @@ def _count(conn: sqlite3.Connection, settings: Settings, rules: list, tickers: s
 def run_attacks(
     settings: Settings,
     *,
+    registry: Registry,
+    attacks: Sequence[Attack],
     guardrails: bool = True,
     attack_ids: Sequence[str] | None = None,
-    registry: Registry | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> HarnessReport:
-    """Run the attacks; the report says, per attack, blocked / detected by which rules / gap."""
+    """Run ``attacks`` (those named by ``attack_ids``, or all); the report says, per attack, blocked /
+    detected by which rules of ``registry`` / gap. With guardrails, the connection carries every row
+    guard the registry's rules declare."""
     say = progress or (lambda _: None)
-    registry = registry or load_registry(settings)
-    attacks = load_attacks()
-    if attack_ids:
-        known = {a.id: a for a in attacks}
-        for attack_id in attack_ids:
-            if attack_id not in known:
-                raise UnknownNameError("attack", attack_id, known)
-        attacks = [a for a in attacks if a.id in set(attack_ids)]
-    from ..fixtures.attacks import AttackContext
-
+    chosen = select_attacks(attacks, attack_ids)
     report = HarnessReport(str(settings.data_dir), guardrails)
     clock = time.perf_counter()
-    conn = connect_guarded(settings, guardrails=guardrails)
+    conn = connect_guarded(settings, guardrails=guardrails, guards=registry.guards)
     try:
         try:
             with rollback_only(conn, schemas=DATABASES):
-                for n, attack in enumerate(attacks, 1):
-                    say(f"[{n}/{len(attacks)}] {attack.id}")
-                    report.outcomes.append(_one(conn, settings, registry, attack, AttackContext, guardrails))
+                for n, attack in enumerate(chosen, 1):
+                    say(f"[{n}/{len(chosen)}] {attack.id}")
+                    report.outcomes.append(_one(conn, settings, registry, attack, guardrails))
                     if report.outcomes[-1].outcome == "gap" and not conn.in_transaction:
                         report.breach = f"{attack.id} ended the session's transaction"
                         break
@@ -111,7 +115,7 @@ def run_attacks(
     return report
 
 
-def _one(conn, settings: Settings, registry: Registry, attack, context_type, guardrails: bool) -> AttackOutcome:
+def _one(conn, settings: Settings, registry: Registry, attack: Attack, guardrails: bool) -> AttackOutcome:
     """Run one attack in its own savepoint. Counts: after the attack (on the tickers it touched),
     then, rolled back to the savepoint, the same counts before it."""
     started = time.perf_counter()
@@ -121,7 +125,7 @@ def _one(conn, settings: Settings, registry: Registry, attack, context_type, gua
     savepoint = f"attack_{attack.id}"
     conn.execute(f'SAVEPOINT "{savepoint}"')
     try:
-        ctx = context_type(conn)
+        ctx = AttackContext(conn)
         reason = ""
         try:
             attack.run(ctx)

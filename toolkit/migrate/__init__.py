@@ -8,10 +8,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Migration": "discovery", "MigrationContext": "discovery", "bundled_migrations_dir": "discovery", "discover": "discovery",
+    "Migration": "discovery", "MigrationContext": "discovery", "discover": "discovery",
     "AcceptResult": "maintenance", "RestoreResult": "maintenance", "accept": "maintenance", "restore": "maintenance",
     "Plan": "plan", "Step": "plan", "plan_downgrade": "plan", "plan_upgrade": "plan", "resolve_migration": "plan",
-    "RunResult": "runner", "StepResult": "runner", "downgrade": "runner", "load_migrations": "runner",
+    "RunResult": "runner", "StepResult": "runner", "downgrade": "runner",
     "preview_downgrade": "runner", "upgrade": "runner",
     "FileState": "state", "read_states": "state", "reconcile": "state",
     "DatabaseStatus": "status", "StatusReport": "status", "status": "status",

@@ -19,20 +19,13 @@ from ..config import DATABASES
 from ..db import split_statements
 from ..errors import MigrationDefinitionError
 
-__all__ = ["Migration", "MigrationContext", "discover", "bundled_migrations_dir", "FORBIDDEN_IN_MIGRATIONS"]
+__all__ = ["Migration", "MigrationContext", "discover", "FORBIDDEN_IN_MIGRATIONS"]
 
 FILENAME = re.compile(r"^(?P<id>\d{3,})_(?P<name>[a-z0-9][a-z0-9_]*)\.py$")
 
 #: Statements that would end or escape the runner's transaction (and so break atomicity).
 FORBIDDEN_IN_MIGRATIONS = ("BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE", "VACUUM", "ATTACH", "DETACH")
 _FORBIDDEN_PRAGMAS = ("journal_mode", "foreign_keys", "locking_mode", "synchronous")
-
-
-def bundled_migrations_dir() -> Path:
-    """The migrations that ship with the toolkit (``migrations/`` in the repository)."""
-    from .. import migrations as package  # the content package, mapped to ``migrations/``
-
-    return Path(package.__file__).resolve().parent
 
 
 @dataclass(frozen=True)

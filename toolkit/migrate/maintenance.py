@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..backup import Backup, find_backup, restore_backup
@@ -12,7 +13,8 @@ from ..errors import UsageError
 from ..history import open_history
 from ..lock import data_dir_lock
 from .plan import resolve_migration
-from .runner import Progress, _quiet, _took_over, _waiting, load_migrations
+from .discovery import Migration
+from .runner import Progress, _quiet, _took_over, _waiting
 from .state import read_states, reconcile, record_event
 
 __all__ = ["AcceptResult", "RestoreResult", "accept", "restore"]
@@ -35,9 +37,8 @@ class RestoreResult:
     reconciled: list[str] = field(default_factory=list)
 
 
-def accept(settings: Settings, spec: str, *, progress: Progress = _quiet) -> AcceptResult:
+def accept(settings: Settings, spec: str, *, migrations: Sequence[Migration], progress: Progress = _quiet) -> AcceptResult:
     """Record the current text of an edited, applied migration as its new checksum."""
-    migrations = load_migrations(settings)
     migration = resolve_migration(spec, migrations)
     with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="migrate accept",
                        on_wait=_waiting(progress), on_takeover=_took_over(progress)):
@@ -76,7 +77,8 @@ def accept(settings: Settings, spec: str, *, progress: Progress = _quiet) -> Acc
     return AcceptResult(migration.label, migration.database, record.checksum, migration.checksum, diff, reconciled)
 
 
-def restore(settings: Settings, spec: str | None, database: str | None, *, progress: Progress = _quiet) -> RestoreResult:
+def restore(settings: Settings, spec: str | None, database: str | None, *, migrations: Sequence[Migration],
+            progress: Progress = _quiet) -> RestoreResult:
     """Put a backup back (the current file is backed up first), then reconcile the ledger."""
     if database is not None and database not in DATABASES + ("migrations",):
         settings.path(database)  # raises with suggestions
@@ -89,7 +91,7 @@ def restore(settings: Settings, spec: str | None, database: str | None, *, progr
             history = open_history(settings, create=True)
             assert history is not None
             try:
-                reconciled = reconcile(history, read_states(settings, DATABASES), load_migrations(settings))
+                reconciled = reconcile(history, read_states(settings, DATABASES), migrations)
                 with transaction(history):
                     record_event(history, migration_id="-", database=item.database, action="restore",
                                  status="restored", detail=f"from {item.path.name}", at=time.time())

@@ -25,7 +25,7 @@ from ..db import check_file, connect, quick_check, translate_error
 from ..errors import DatabaseFileError, MigrationFailedError, ToolkitError
 from ..history import open_history
 from ..lock import Holder, data_dir_lock
-from .discovery import Migration, MigrationContext, bundled_migrations_dir, discover
+from .discovery import Migration, MigrationContext
 from .plan import Plan, Step, plan_downgrade, plan_upgrade
 from .state import FileState, ensure_bookkeeping, read_states, reconcile, record_event, record_history
 
@@ -33,7 +33,6 @@ __all__ = [
     "Progress",
     "StepResult",
     "RunResult",
-    "load_migrations",
     "upgrade",
     "downgrade",
     "preview_downgrade",
@@ -72,11 +71,6 @@ class RunResult:
     steps: list[StepResult] = field(default_factory=list)
     backups: list[Backup] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def load_migrations(settings: Settings) -> list[Migration]:
-    """The bundled migrations plus any configured extra directories, validated."""
-    return discover([bundled_migrations_dir(), *settings.migrations_dirs])
 
 
 def _waiting(progress: Progress) -> Callable[[Holder | None], None]:
@@ -290,14 +284,14 @@ def _make_data_dir(settings: Settings) -> None:
 def upgrade(
     settings: Settings,
     *,
+    migrations: Sequence[Migration],
     target: str | None = None,
     database: str | None = None,
     dry_run: bool = False,
     allow_out_of_order: bool = False,
     progress: Progress = _quiet,
 ) -> RunResult:
-    """Apply pending migrations (up to ``target``; of one ``database``). Creates the data directory."""
-    migrations = load_migrations(settings)
+    """Apply pending ``migrations`` (up to ``target``; of one ``database``). Creates the data directory."""
     if database is not None:
         settings.path(database)  # validates the name
     result = RunResult("upgrade", dry_run=dry_run)
@@ -325,9 +319,9 @@ def upgrade(
     return result
 
 
-def preview_downgrade(settings: Settings, *, target: str | None = None, database: str | None = None) -> Plan:
+def preview_downgrade(settings: Settings, *, migrations: Sequence[Migration], target: str | None = None,
+                      database: str | None = None) -> Plan:
     """The downgrade plan as things stand (for the confirmation prompt); changes nothing."""
-    migrations = load_migrations(settings)
     if database is not None:
         settings.path(database)
     return plan_downgrade(migrations, read_states(settings, DATABASES), target=target, database=database)
@@ -336,6 +330,7 @@ def preview_downgrade(settings: Settings, *, target: str | None = None, database
 def downgrade(
     settings: Settings,
     *,
+    migrations: Sequence[Migration],
     target: str | None = None,
     database: str | None = None,
     expected: Plan | None = None,
@@ -345,7 +340,6 @@ def downgrade(
 
     ``expected`` is the plan the user confirmed; if the state changed meanwhile, nothing runs.
     """
-    migrations = load_migrations(settings)
     if database is not None:
         settings.path(database)
     result = RunResult("downgrade")

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import DATABASES, Settings
-from ..db import connect, translate_error
+from ..backend import backend_for
+from ..db import translate_error
 from ..errors import DatabaseFileError
 from ..history import iso, open_history
 from ..lock import data_dir_lock
@@ -85,32 +86,25 @@ def ensure_bookkeeping(conn: sqlite3.Connection) -> None:
         conn.execute(ddl)
 
 
-def _read_records(conn: sqlite3.Connection) -> dict[str, AppliedRecord]:
-    has_table = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_toolkit_migrations'"
-    ).fetchone()
-    if not has_table:
-        return {}
-    rows = conn.execute("SELECT migration_id, name, checksum, applied_at FROM _toolkit_migrations")
-    return {r[0]: AppliedRecord(*r) for r in rows}
-
-
 def read_file_state(settings: Settings, name: str, conn: sqlite3.Connection | None = None) -> FileState:
-    """Read one file's applied records (read-only unless a connection is passed)."""
+    """Read one database's applied records: through ``conn`` when given (the file attached under its
+    logical name, or opened alone), else through a read-only connection of the backend's own."""
     path = settings.path(name)
+    backend = backend_for(settings)
     if conn is not None:
-        return FileState(name, path, True, _read_records(conn))
+        return FileState(name, path, True, _applied(backend.migration_records(name, conn)))
     if not path.exists():
         if path.is_dir():
             raise DatabaseFileError(path, "is a directory, not a database file")
         return FileState(name, path, False)
-    own = connect(path, readonly=True, busy_timeout=settings.busy_timeout)
     try:
-        return FileState(name, path, True, _read_records(own))
+        return FileState(name, path, True, _applied(backend.migration_records(name)))
     except sqlite3.Error as exc:
         raise translate_error(exc, path, action="reading its migration records") from exc
-    finally:
-        own.close()
+
+
+def _applied(records: dict[str, tuple[str, str, str, int]]) -> dict[str, AppliedRecord]:
+    return {mid: AppliedRecord(*row) for mid, row in records.items()}
 
 
 def read_states(settings: Settings, names: Iterable[str] = DATABASES) -> dict[str, FileState]:

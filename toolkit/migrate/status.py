@@ -4,6 +4,7 @@ Kept cheap (it runs in well under a tenth of a second): read-only connections, n
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from ..config import DATABASES, Settings
@@ -12,7 +13,7 @@ from ..errors import LockTimeoutError
 from ..history import open_history
 from ..lock import read_holder
 from .plan import drifted, unknown_applied
-from .runner import load_migrations
+from .discovery import Migration
 from .state import read_states, reconcile, reconcile_if_free
 
 __all__ = ["DatabaseStatus", "StatusReport", "status"]
@@ -52,9 +53,8 @@ class StatusReport:
         return data
 
 
-def status(settings: Settings) -> StatusReport:
-    """Read every file's migration records, reconcile the ledger, and summarise."""
-    migrations = load_migrations(settings)
+def status(settings: Settings, *, migrations: Sequence[Migration]) -> StatusReport:
+    """Read every file's migration records, reconcile the ledger with ``migrations``, and summarise."""
     initialised = settings.data_dir.is_dir() and settings.history_path.exists()
     states = read_states(settings, DATABASES)
     report = StatusReport(str(settings.data_dir), settings.data_dir_source, initialised, [])

@@ -18,7 +18,6 @@ from ..errors import LockTimeoutError, NotInitialisedError
 from ..history import open_history
 from .discovery import Migration, MigrationContext
 from .plan import drifted, unknown_applied
-from .runner import load_migrations
 from .state import FileState, read_states, reconcile_if_free
 
 __all__ = ["Finding", "VerifyReport", "verify", "expected_schema", "live_schema", "schema_differences", "normalize_sql"]
@@ -128,11 +127,10 @@ def _stored_source(conn: sqlite3.Connection, mid: str) -> str:
     return row[0] if row else ""
 
 
-def verify(settings: Settings) -> VerifyReport:
-    """Every consistency check the runner can make; findings make `migrate verify` exit 1."""
+def verify(settings: Settings, *, migrations: Sequence[Migration]) -> VerifyReport:
+    """Every consistency check the runner can make against ``migrations``; findings make `migrate verify` exit 1."""
     if not settings.data_dir.is_dir() or not settings.history_path.exists():
         raise NotInitialisedError(f"{settings.data_dir}: not initialised", hint="run `migrate upgrade` first")
-    migrations = load_migrations(settings)
     report = VerifyReport(str(settings.data_dir))
     states: dict[str, FileState] = read_states(settings, DATABASES)
     try:

@@ -6,12 +6,11 @@ streams: nothing is collected whole.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..rules.model import CheckContext, Rule, Violation
+from ..rules.model import CheckContext, RepairPlanner, Rule, Violation
 
 __all__ = ["Change", "Untouched", "RepairPlanner", "update_row", "changed_columns", "LEDGER_TABLES"]
 
@@ -58,9 +57,6 @@ def _short(value: Any) -> str:
         return f"{value:.6g}"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-RepairPlanner = Callable[["CheckContext", "Rule", Iterable["Violation"]], Iterator["Change | Untouched"]]
 
 
 def changed_columns(before: dict[str, Any] | None, after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -12,17 +12,20 @@ import json
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..config import DATABASES, Settings
-from ..db import quote_ident
+from ..backend import backend_for
+from ..backend.base import Backend
 from ..errors import RuleDefinitionError
+from ..guard.model import Guard
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..repair.model import RepairPlanner
+#: A rule's repair: ``plan(ctx, rule, violations)`` yields ``toolkit.repair.model.Change`` or
+#: ``Untouched`` items (see there); the repair engine writes, verifies and journals them.
+RepairPlanner = Callable[["CheckContext", "Rule", Iterable["Violation"]], Iterator[Any]]
 
-__all__ = ["Severity", "Violation", "Rule", "Scan", "Guard", "CheckContext", "rule", "fingerprint"]
+__all__ = ["Severity", "Violation", "Rule", "Scan", "Guard", "CheckContext", "RepairPlanner", "rule", "fingerprint"]
 
 _ID = re.compile(r"^[a-z][a-z0-9_]{2,63}$")
 
@@ -100,6 +103,14 @@ class CheckContext:
     cache: dict[str, Any] = field(default_factory=dict)
     #: Repair mode: rules also compute ``Violation.fix``/``was`` (costlier, so only when asked).
     want_fixes: bool = False
+    _backend: Backend | None = field(default=None, repr=False)
+
+    @property
+    def backend(self) -> Backend:
+        """The backend the databases live on (from the settings)."""
+        if self._backend is None:
+            self._backend = backend_for(self.settings)
+        return self._backend
 
     def option(self, rule: Rule, name: str, default: Any = None) -> Any:
         configured = self.settings.rule_options.get(rule.id, {})
@@ -115,7 +126,7 @@ class CheckContext:
             self.progress(message)
 
     def foreign_key_check(self, database: str) -> Iterator[tuple[str, int | None, str, int]]:
-        """``PRAGMA <database>.foreign_key_check`` rows (table, rowid, parent, fkid), streamed.
+        """Rows whose foreign key points at a missing row (table, rowid, parent, fkid), streamed.
 
         Rules that need it share one pass: a complete result of at most ``FOREIGN_KEY_CACHE`` rows
         is kept for the next rule on this context (a clean file costs one pass, not one per rule).
@@ -125,30 +136,14 @@ class CheckContext:
             yield from cache[database]
             return
         kept: list[tuple[str, int | None, str, int]] | None = []
-        for row in self.conn.execute(f"PRAGMA {quote_ident(database)}.foreign_key_check"):
+        for row in self.backend.foreign_key_problems(self.conn, database):
             if kept is not None:
-                kept.append(tuple(row))
+                kept.append(row)
                 if len(kept) > FOREIGN_KEY_CACHE:
                     kept = None
-            yield tuple(row)
+            yield row
         if kept is not None:
             cache[database] = kept
-
-
-@dataclass(frozen=True)
-class Guard:
-    """A row-level invariant a guarded connection enforces, declared by the rule that detects its
-    breach: a TEMP trigger ``BEFORE <event> ON <table> WHEN <when>`` that aborts the statement.
-
-    ``when`` may use ``{tolerance}`` (the rule's tolerance) and the SQL functions in ``functions``
-    (name -> Python callable, registered on the guarded connection).
-    """
-
-    table: str                       # "trading.portfolio_snapshots"
-    events: tuple[str, ...]          # ("INSERT", "UPDATE OF total_equity, cash_balance")
-    when: str
-    reason: str
-    functions: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -239,10 +234,13 @@ def rule(
 
     def build(func: Callable) -> Rule:
         source = f"{func.__module__}.{func.__qualname__}"
+        tolerance = options.get("tolerance")
+        # A guard belongs to the rule that reports its breach: it takes that rule's id and tolerance.
+        owned = tuple(g if g.rule_id else replace(g, rule_id=id, default_tolerance=tolerance) for g in guards)
         common = dict(id=id, severity=Severity.parse(severity), description=_doc_line(func),
                       databases=tuple(databases), reads=tuple(reads), key=tuple(key), repair=repair,
                       options=dict(options), source=source, sound_files_only=sound_files_only, remedy=remedy,
-                      guards=tuple(guards))
+                      guards=owned)
         if scan is not None:
             return Rule(scan=scan, **common).validate()
         if func.__code__.co_argcount == 0:

@@ -1,13 +1,13 @@
-"""The rule registry: the bundled catalogue, entry-point plugins and a project's checks directory.
+"""The rule registry: an ordered, validated set of rules, and the discovery of third-party rules.
 
-The engine never imports a rule by name: it discovers the bundled ``toolkit.checks`` package (its
-``MODULES`` order), the entry-point group ``toolkit.checks`` (an entry point may name a rule, a
-module, a list of rules or a function returning them), and every ``*.py`` file of the configured
-checks directories. Registration validates every rule and refuses duplicate ids, naming both.
+The engine never imports a rule by name: the composition root (``toolkit.content``) hands it the
+bundled catalogue; third-party rules come from the entry-point group ``toolkit.checks`` (an entry
+point may name a rule, a module, a list of rules or a function returning them) and from every
+``*.py`` file of the configured checks directories. Registration validates every rule and refuses
+duplicate ids, naming both.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import sys
 from collections.abc import Iterable, Iterator
@@ -15,11 +15,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..config import Settings
 from ..errors import RuleDefinitionError, UnknownNameError
+from ..guard.model import Guard
 from .model import Rule
 
-__all__ = ["ENTRY_POINT_GROUP", "Registry", "bundled_rules", "plugin_rules", "directory_rules", "load_registry", "rules_in"]
+__all__ = ["ENTRY_POINT_GROUP", "Registry", "plugin_rules", "directory_rules", "rules_in"]
 
 ENTRY_POINT_GROUP = "toolkit.checks"
 
@@ -43,16 +43,6 @@ def rules_in(obj: Any, source: str) -> list[Rule]:
             found.append(item)
         return found
     raise RuleDefinitionError(f"{source}: {obj!r} carries no rules", hint="point it at a Rule, a module, or a list of rules")
-
-
-def bundled_rules() -> list[Rule]:
-    package = importlib.import_module("toolkit.checks")
-    names = getattr(package, "MODULES", ())
-    found: list[Rule] = []
-    for name in names:
-        module = importlib.import_module(f"toolkit.checks.{name}")
-        found.extend(rules_in(module, module.__name__))
-    return found
 
 
 def plugin_rules() -> list[Rule]:
@@ -126,6 +116,15 @@ class Registry:
     def ids(self) -> list[str]:
         return list(self._rules)
 
+    @property
+    def guards(self) -> tuple[Guard, ...]:
+        """Every row guard the rules declare (the ledger's own among them), once each, in rule order."""
+        seen: dict[Guard, None] = {}
+        for item in self._rules.values():
+            for guard in item.guards:
+                seen.setdefault(guard, None)
+        return tuple(seen)
+
     def select(self, ids: Iterable[str] | None) -> list[Rule]:
         """The rules with these ids (all when ``None``), in registry order; unknown ids are refused."""
         if ids is None:
@@ -134,13 +133,3 @@ class Registry:
         for rule_id in wanted:
             self[rule_id]
         return [r for r in self._rules.values() if r.id in wanted]
-
-
-def load_registry(settings: Settings | None = None, *, plugins: bool = True) -> Registry:
-    """The bundled catalogue, then plugins, then the project's checks directories."""
-    rules = bundled_rules()
-    if plugins:
-        rules += plugin_rules()
-    if settings is not None and settings.checks_dirs:
-        rules += directory_rules(settings.checks_dirs)
-    return Registry(rules)

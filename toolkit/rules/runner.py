@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..config import DATABASES, Settings
-from ..db import check_file, open_databases, quick_check
+from ..backend import backend_for
 from ..errors import NotInitialisedError
 from .model import CheckContext, Rule, Scan, Severity, Violation
-from .registry import Registry, load_registry
+from .registry import Registry
 
 __all__ = ["RuleResult", "CheckReport", "run_checks", "sql_violations", "physical_problems", "new_run_id"]
 
@@ -165,9 +165,9 @@ def _file_state(ctx: CheckContext, databases: Iterable[str]) -> dict[str, str]:
     cache = ctx.cache.setdefault("quick_check", {})
     for name in databases:
         if name not in cache:
-            ctx.say(f"quick_check {name}")
+            ctx.say(f"checking the pages of {name}")
             try:
-                cache[name] = quick_check(ctx.conn, name)
+                cache[name] = ctx.backend.physical_problems(ctx.conn, name)
             except sqlite3.DatabaseError as exc:
                 cache[name] = [f"cannot be read: {exc}"]
         physical = physical_problems(cache[name])
@@ -317,38 +317,33 @@ def execute_rules(
 def run_checks(
     settings: Settings,
     *,
+    registry: Registry,
     rule_ids: Sequence[str] | None = None,
-    registry: Registry | None = None,
     fail_on: Severity = Severity.HIGH,
     sample: int = 20,
     accepted: frozenset[str] | None = None,
     baseline_name: str | None = None,
     collect: bool = False,
     progress: Callable[[str], None] | None = None,
-    record: bool = True,
 ) -> CheckReport:
-    """The gate: run the selected rules (all by default) over the data directory's databases."""
-    registry = registry if registry is not None else load_registry(settings)
+    """The gate: run the selected rules of ``registry`` (all by default) over the data directory's
+    databases. Reads only: recording the run is the caller's choice (``rules.history``)."""
     rules = registry.select(rule_ids)
-    paths = {name: settings.path(name) for name in DATABASES}
     if not settings.data_dir.is_dir():
         raise NotInitialisedError(f"{settings.data_dir}: data directory does not exist", hint="run `migrate upgrade` first")
-    for path in paths.values():
-        check_file(path, must_exist=True)
+    backend = backend_for(settings)
+    backend.require(DATABASES)
     report = CheckReport(new_run_id("chk"), time.time(), str(settings.data_dir), fail_on, sample, baseline=baseline_name)
     clock = time.perf_counter()
+
     def connection() -> sqlite3.Connection:
-        return open_databases(paths, readonly=True, busy_timeout=settings.busy_timeout, cache_kib=32_768)
+        return backend.open(DATABASES, readonly=True, cache_kib=32_768)
 
     conn = connection()
     try:
-        ctx = CheckContext(conn, settings, progress=progress)
+        ctx = CheckContext(conn, settings, progress=progress, _backend=backend)
         report.results = execute_rules(ctx, rules, sample=sample, accepted=accepted, collect=collect, worker=connection)
     finally:
         conn.close()
     report.seconds = time.perf_counter() - clock
-    if record:
-        from .history import record_check_run
-
-        record_check_run(settings, report)
     return report

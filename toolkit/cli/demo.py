@@ -10,8 +10,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import ALL_FILES, Settings
-from .errors import UsageError
+from ..config import ALL_FILES, Settings
+from ..errors import UsageError
 
 __all__ = ["DEMO_DEFECTS", "MARKER", "run_demo"]
 
@@ -50,18 +50,20 @@ def _clear_previous_demo(settings: Settings) -> None:
 
 
 def run_demo(settings: Settings, *, trades: int = 5_000, seed: int = 42, echo: Callable[[str], None] = print) -> int:
-    from .fixtures import generate
-    from .migrate.runner import upgrade
-    from .repair.engine import apply_repairs, plan_repairs
-    from .report import render_plan, render_repair, render_table
-    from .rules.registry import load_registry
-    from .rules.runner import run_checks
+    from ..content import content_package, load_migrations, load_registry
+    from ..migrate.runner import upgrade
+    from ..repair.apply import apply_repairs
+    from ..repair.plan import plan_repairs
+    from ..report import render_plan, render_repair, render_table
+    from ..rules.history import record_check_run
+    from ..rules.runner import run_checks
 
+    generate = content_package("fixtures").generate
     _clear_previous_demo(settings)
     registry = load_registry(settings)
 
     echo(f"== 1. migrate: create and migrate the databases in {settings.data_dir}")
-    for step in upgrade(settings).steps:
+    for step in upgrade(settings, migrations=load_migrations(settings)).steps:
         echo(f"   applied {step.migration} to {step.database}")
 
     echo(f"\n== 2. a paper-trading session of {trades:,} trades, with defects injected by raw SQL")
@@ -73,17 +75,23 @@ def run_demo(settings: Settings, *, trades: int = 5_000, seed: int = 42, echo: C
 
     echo("\n== 3. the gate: integrity check")
     first = run_checks(settings, registry=registry, sample=3)
+    record_check_run(settings, first)
     echo(render_table(first))
 
     echo("\n== 4. the repair plan: integrity repair")
-    echo(render_plan(plan_repairs(settings, registry=registry, sample=3)))
+    plan = plan_repairs(settings, registry=registry, sample=3)
+    echo(render_plan(plan))
 
-    echo("\n== 5. apply it: integrity repair --apply")
-    result = apply_repairs(settings, registry=registry, sample=3)
+    echo("\n== 5. apply that plan: integrity repair --apply")
+    try:
+        result = apply_repairs(settings, registry=registry, plan=plan)
+    finally:
+        plan.close()
     echo(render_repair(result))
 
     echo("\n== 6. the gate again")
     second = run_checks(settings, registry=registry, sample=3)
+    record_check_run(settings, second)
     echo(render_table(second))
     left = [r for r in second.results if r.count or r.status in ("error", "skipped")]
     echo("")
@@ -94,4 +102,4 @@ def run_demo(settings: Settings, *, trades: int = 5_000, seed: int = 42, echo: C
         echo(f"left: {item.rule.id} ({item.count}) {how}")
     stuck = [r for r in left if r.rule.repairable]
     echo(f"\nundo the repair with: integrity --data-dir {settings.data_dir} repair undo {result.run_id}")
-    return 1 if stuck or result.rolled_back else 0
+    return 1 if stuck or result.incomplete else 0

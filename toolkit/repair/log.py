@@ -1,0 +1,146 @@
+"""The repair log in migrations.db: runs (repair and undo) and every changed row, copied from the files'
+journals. The journals are the truth — each file records its repair in the same transaction as the
+change — and the log is reconciled from them after a crash between a file's commit and the log's.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import time
+from dataclasses import dataclass
+
+from ..config import DATABASES, Settings
+from ..backend import backend_for
+from ..db import atomic
+from ..errors import LockTimeoutError
+from .writer import canonical_json
+
+__all__ = ["RunStatus", "RepairRun", "record_run", "record_undo", "reconcile_repair_log", "list_repairs"]
+
+
+class RunStatus(enum.StrEnum):
+    """A logged run's status."""
+
+    APPLIED = "applied"
+    NOTHING = "nothing"
+    PARTIAL = "partial"
+    ROLLED_BACK = "rolled back"
+    RECONCILED = "applied (reconciled)"
+    UNDONE = "undone"
+
+
+@dataclass(frozen=True)
+class RepairRun:
+    run_id: str
+    kind: str
+    started_at: int
+    rules: list[str]
+    changes: int
+    status: str
+    undone_by: str | None
+    undoes: str | None
+
+
+def record_run(settings: Settings, result) -> None:
+    """Log a repair run (after the files committed; a crash before this is reconciled from the journals)."""
+    history = backend_for(settings).history(create=True)
+    assert history is not None
+    try:
+        summary = {r.rule.id: {"status": r.status, "changes": dict(r.changes), "untouched": r.untouched,
+                               "rolled_back": r.rolled_back} for r in result.rules}
+        status = RunStatus.APPLIED if result.applied_changes else RunStatus.NOTHING
+        if result.rolled_back:
+            status = RunStatus.PARTIAL if result.applied_changes else RunStatus.ROLLED_BACK
+        with atomic(history):
+            history.execute(
+                "INSERT OR REPLACE INTO repair_runs (run_id, kind, started_at, data_dir, rules, changes, status, summary) "
+                "VALUES (?, 'repair', ?, ?, ?, ?, ?, ?)",
+                (result.run_id, int(result.started_at), result.data_dir, canonical_json([r.rule.id for r in result.rules]),
+                 result.applied_changes, str(status), canonical_json(summary)))
+    finally:
+        history.close()
+
+
+def reconcile_repair_log(settings: Settings) -> list[str]:
+    """Copy journal rows that migrations.db lacks (a crash after a file's commit); returns notes."""
+    history = backend_for(settings).history(create=True)
+    assert history is not None
+    notes: list[str] = []
+    try:
+        for name in DATABASES:
+            path = settings.path(name)
+            if not path.exists():
+                continue
+            conn = backend_for(settings).connect(name, readonly=True)
+            try:
+                if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_toolkit_repair_journal'").fetchone():
+                    continue
+                runs = [r[0] for r in conn.execute("SELECT DISTINCT run_id FROM _toolkit_repair_journal")]
+                logged = {r[0]: r[1] for r in history.execute(
+                    "SELECT run_id, count(*) FROM repair_log WHERE database_name = ? GROUP BY run_id", (name,))}
+                for run_id in runs:
+                    have = conn.execute("SELECT count(*) FROM _toolkit_repair_journal WHERE run_id = ?", (run_id,)).fetchone()[0]
+                    if logged.get(run_id, 0) == have:
+                        continue
+                    rows = conn.execute(
+                        "SELECT run_id, ?, seq, rule_id, table_name, op, row_key, before, after, at "
+                        "FROM _toolkit_repair_journal WHERE run_id = ? ORDER BY seq", (name, run_id))
+                    with atomic(history):
+                        history.executemany(
+                            "INSERT OR IGNORE INTO repair_log (run_id, database_name, seq, rule_id, table_name, op, row_key, "
+                            "before, after, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                        reverses = conn.execute("SELECT max(reverses) FROM _toolkit_repair_journal WHERE run_id = ?",
+                                                (run_id,)).fetchone()[0]
+                        if not history.execute("SELECT 1 FROM repair_runs WHERE run_id = ?", (run_id,)).fetchone():
+                            kind = "undo" if reverses else "repair"
+                            history.execute(
+                                "INSERT INTO repair_runs (run_id, kind, started_at, data_dir, rules, changes, status, undoes) "
+                                "VALUES (?, ?, ?, ?, '[]', 0, 'applied (reconciled)', ?)",
+                                (run_id, kind, int(time.time()), str(settings.data_dir), reverses))
+                            notes.append(f"{kind} run {run_id} was committed to {path.name} but not logged: logged now")
+                        if reverses:
+                            history.execute("UPDATE repair_runs SET undone_by = ?, status = 'undone' "
+                                            "WHERE run_id = ? AND undone_by IS NULL", (run_id, reverses))
+                        history.execute(
+                            "UPDATE repair_runs SET changes = (SELECT count(*) FROM repair_log WHERE run_id = ?) WHERE run_id = ?",
+                            (run_id, run_id))
+            finally:
+                conn.close()
+    finally:
+        history.close()
+    return notes
+
+
+def list_repairs(settings: Settings, *, limit: int = 20) -> list[RepairRun]:
+    """Repair and undo runs, newest first (after logging any the files committed but the log lacks)."""
+    if not settings.history_path.exists():
+        return []
+    try:
+        with backend_for(settings).lock("integrity repair log", timeout=0):
+            reconcile_repair_log(settings)
+    except LockTimeoutError:
+        pass  # another toolkit process is working; it reconciles when it is done
+    history = backend_for(settings).history()
+    assert history is not None
+    try:
+        rows = history.execute(
+            "SELECT run_id, kind, started_at, rules, changes, status, undone_by, undoes FROM repair_runs "
+            "ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
+    finally:
+        history.close()
+    return [RepairRun(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+
+
+def record_undo(settings: Settings, undo_id: str, run_id: str, rows: int, now: int) -> None:
+    """Log an undo in migrations.db (after the files committed; a crash before this is reconciled
+    from the journal, whose rows name the run they reverse)."""
+    history = backend_for(settings).history(create=True)
+    assert history is not None
+    try:
+        with atomic(history):
+            history.execute(
+                "INSERT OR REPLACE INTO repair_runs (run_id, kind, started_at, data_dir, rules, changes, status, undoes) "
+                "VALUES (?, 'undo', ?, ?, '[]', ?, 'applied', ?)", (undo_id, now, str(settings.data_dir), rows, run_id))
+            history.execute("UPDATE repair_runs SET undone_by = ?, status = 'undone' WHERE run_id = ?", (undo_id, run_id))
+    finally:
+        history.close()
