@@ -75,10 +75,6 @@ class FileState:
     exists: bool
     records: dict[str, AppliedRecord] = field(default_factory=dict)
 
-    @property
-    def applied_ids(self) -> list[str]:
-        return sorted(self.records, key=int)
-
 
 def ensure_bookkeeping(conn: sqlite3.Connection) -> None:
     for ddl in BOOKKEEPING_DDL:
