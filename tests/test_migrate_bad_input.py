@@ -188,6 +188,49 @@ def test_bytes_overwritten_in_the_middle_of_a_btree_page(cli, partly, lifecycle)
     assert lifecycle.snapshot(partly.data_dir) == before
 
 
+def damage_index_root(path: Path, index: str) -> None:
+    """Overwrite the header of one index's root page: the file opens and its tables read, but
+    ``PRAGMA quick_check`` reports the page."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE type = 'index' AND name = ?", (index,)).fetchone()[0]
+    finally:
+        conn.close()
+    with path.open("r+b") as fh:
+        fh.seek((root - 1) * page_size)
+        fh.write(b"\xff" * 8)
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA quick_check").fetchall() != [("ok",)]
+    finally:
+        conn.close()
+
+
+#: A file no pending migration touches (positions.db has only 001), and the ledger itself.
+DAMAGED_ELSEWHERE = {"positions": "idx_positions_strategy", "migrations": "idx_migration_events_migration"}
+
+
+@pytest.mark.parametrize("name", list(DAMAGED_ELSEWHERE))
+@pytest.mark.parametrize("applied", ["003", "005"], ids=["pending-elsewhere", "nothing-pending"])
+@pytest.mark.parametrize("dry_run", [False, True], ids=["upgrade", "dry-run"])
+def test_upgrade_refuses_a_data_dir_with_a_file_that_fails_quick_check(cli, settings, lifecycle, name, applied, dry_run):
+    """Not only the files the plan changes: a damaged file anywhere in the data directory stops the
+    upgrade (with nothing pending too), before the ledger is reconciled or a backup is taken."""
+    upgrade(settings, target=applied)
+    path = settings.path(name)
+    damage_index_root(path, DAMAGED_ELSEWHERE[name])
+    backups = sorted(p.name for p in settings.backup_dir.iterdir()) if settings.backup_dir.exists() else []
+    before = lifecycle.snapshot(settings.data_dir)
+    result = migrate(cli, settings, "upgrade", *(["--dry-run"] if dry_run else []))
+    assert result.returncode == 3, result.stdout + result.stderr
+    error_line(result, str(path), "quick_check", "migrate restore", "nothing was changed")
+    assert lifecycle.snapshot(settings.data_dir) == before
+    assert (sorted(p.name for p in settings.backup_dir.iterdir()) if settings.backup_dir.exists() else []) == backups
+    assert lifecycle.records(settings.path("trading")) == (["002"] if applied == "003" else ["002", "004"])
+
+
 # -- a read-only file -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["trading", "migrations"])

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backup import Backup, take_backup
-from ..config import DATABASES, Settings
+from ..config import DATABASES, HISTORY, Settings
 from ..db import check_file, connect, quick_check, translate_error
 from ..errors import DatabaseFileError, MigrationFailedError, ToolkitError
 from ..history import open_history
@@ -94,22 +94,47 @@ def _took_over(progress: Progress) -> Callable[[Holder], None]:
     return told
 
 
+def _physical(problems: list[str]) -> list[str]:
+    """quick_check lines that mean damage (a row violating a constraint is not damage)."""
+    return [p for p in problems if "constraint failed" not in p and not p.startswith("NULL value")]
+
+
+def _refuse_damaged(settings: Settings) -> None:
+    """Refuse a data directory in which any file fails ``PRAGMA quick_check``, before anything is
+    changed (ledger reconciliation and backups included).
+
+    Every file of the data directory is checked, not only those the plan touches: a run that migrates
+    around a damaged file, or finds nothing to do, would report success on a data directory that
+    needs a restore first.
+    """
+    for name in (*DATABASES, HISTORY):
+        path = settings.path(name)
+        if not check_file(path, must_exist=False):
+            continue
+        conn = connect(path, readonly=True, busy_timeout=settings.busy_timeout)
+        try:
+            problems = _physical(quick_check(conn))
+        except sqlite3.Error as exc:
+            raise translate_error(exc, path, action="checking it before migrating") from exc
+        finally:
+            conn.close()
+        if problems:
+            raise DatabaseFileError(
+                path, f"is corrupt (quick_check: {problems[0]}); nothing was changed",
+                hint=f"restore a backup with `migrate restore --database {name}` (`migrate restore --list` shows them)",
+            )
+
+
 def _preflight(settings: Settings, plan: Plan) -> dict[str, sqlite3.Connection]:
-    """Open every file the plan touches and refuse damaged or read-only ones before any change."""
+    """Open every file the plan touches, refusing read-only ones, before any change.
+
+    The files' health was checked by :func:`_refuse_damaged` under the same lock."""
     conns: dict[str, sqlite3.Connection] = {}
     try:
         for name in plan.databases:
             path = settings.path(name)
-            existed = check_file(path, must_exist=False, writable=True)
-            conn = connect(path, create=True, busy_timeout=settings.busy_timeout)
-            conns[name] = conn
-            if existed:
-                try:
-                    problems = [p for p in quick_check(conn) if "constraint failed" not in p and not p.startswith("NULL value")]
-                except sqlite3.Error as exc:
-                    raise translate_error(exc, path, action="checking it before migrating") from exc
-                if problems:
-                    raise DatabaseFileError(path, f"is corrupt (quick_check: {problems[0]})", hint="restore a backup with `migrate restore`; nothing was changed")
+            check_file(path, must_exist=False, writable=True)
+            conns[name] = connect(path, create=True, busy_timeout=settings.busy_timeout)
     except BaseException:
         for conn in conns.values():
             conn.close()
@@ -302,6 +327,7 @@ def upgrade(
         settings.path(database)  # validates the name
     result = RunResult("upgrade", dry_run=dry_run)
     if dry_run:
+        _refuse_damaged(settings)
         states = read_states(settings, DATABASES)
         plan = plan_upgrade(migrations, states, target=target, database=database, allow_out_of_order=allow_out_of_order)
         result.notes.extend(plan.notes)
@@ -312,6 +338,7 @@ def upgrade(
     _make_data_dir(settings)
     with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="migrate upgrade",
                        on_wait=_waiting(progress), on_takeover=_took_over(progress)):
+        _refuse_damaged(settings)
         states, history = _states_and_history(settings, migrations, result, create=True)
         try:
             plan = plan_upgrade(migrations, states, target=target, database=database, allow_out_of_order=allow_out_of_order)
@@ -353,6 +380,7 @@ def downgrade(
         plan_downgrade(migrations, read_states(settings, DATABASES), target=target, database=database)
     with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="migrate downgrade",
                        on_wait=_waiting(progress), on_takeover=_took_over(progress)):
+        _refuse_damaged(settings)
         states, history = _states_and_history(settings, migrations, result, create=True)
         try:
             plan = plan_downgrade(migrations, states, target=target, database=database)
