@@ -231,6 +231,47 @@ def test_upgrade_refuses_a_data_dir_with_a_file_that_fails_quick_check(cli, sett
     assert lifecycle.records(settings.path("trading")) == (["002"] if applied == "003" else ["002", "004"])
 
 
+def test_verify_reports_a_file_whose_quick_check_raises(cli, migrated, lifecycle):
+    """A table root page with a bad page type: the file opens and its schema reads, but the pragma
+    itself raises ``database disk image is malformed``. That is a finding naming the file (exit 1),
+    and the other files are still verified."""
+    path = migrated.path("trading")
+    checkpoint(path)
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = 'orders'").fetchone()[0]
+    finally:
+        conn.close()
+    with path.open("r+b") as fh:
+        fh.seek((root - 1) * page_size)
+        fh.write(b"\x0a")  # an index leaf where a table page belongs
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+            conn.execute("PRAGMA quick_check").fetchall()
+    finally:
+        conn.close()
+    before = lifecycle.snapshot(migrated.data_dir)
+
+    result = migrate(cli, migrated, "verify")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "error:" not in result.stderr, result.stderr
+    findings = [line for line in result.stdout.splitlines() if line.startswith("quick_check")]
+    assert findings and all("trading.db" in line and "malformed" in line for line in findings), result.stdout
+
+    result = migrate(cli, migrated, "verify", "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert {(f["check"], f["database"], f["subject"]) for f in data["findings"] if f["check"] == "quick_check"} == {
+        ("quick_check", "trading", "trading.db")}
+    checked = {(c["database"], c["check"]): c["ok"] for c in data["checked"]}
+    assert checked[("trading", "quick_check")] is False
+    assert all(checked[(name, "quick_check")] for name in ("positions", "ml_training", "migrations"))
+    assert lifecycle.snapshot(migrated.data_dir) == before
+
+
 # -- a read-only file -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["trading", "migrations"])
