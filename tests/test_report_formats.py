@@ -18,6 +18,7 @@ from toolkit.fixtures import generate
 from toolkit.report import FORMATS, render
 from toolkit.rules import Registry, Rule, Severity, Violation, load_registry, run_checks
 from toolkit.rules.model import fingerprint
+from toolkit.rules.runner import RuleResult, RuleStatus
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = load_registry(plugins=False)
@@ -107,6 +108,36 @@ def test_the_fixture_reports_are_what_the_format_tests_need(reports) -> None:
     assert any(isinstance(v.stored, float) and math.isinf(v.stored)
                for v in odd.result("snapshot_equity_mismatch").samples)
 
+
+
+def test_rule_statuses_are_enum_members_that_render_as_their_plain_strings(reports, tmp_path: Path) -> None:
+    problems = reports["problems"]
+    assert all(type(r.status) is RuleStatus for r in problems.results)
+    # members still equal the strings other code compares with, and hash like them
+    assert problems.result("crashing_rule").status == "error" and RuleStatus.SKIPPED == "skipped"
+    assert {"error": 1}[RuleStatus.ERROR] == 1
+    assert RuleResult(BUNDLED["orphaned_sells"], status="skipped").status is RuleStatus.SKIPPED
+    with pytest.raises(ValueError):
+        RuleResult(BUNDLED["orphaned_sells"], status="exploded")
+    # every format prints the value, never the member's name
+    for fmt in FORMATS:
+        text = render(problems, fmt)
+        assert "RuleStatus" not in text, fmt
+    data = _strict_json(render(problems, "json"))
+    assert {type(r["status"]) for r in data["rules"]} == {str}
+    assert {r["status"] for r in data["rules"]} == {"passed", "failed", "error", "skipped"}
+    assert '"status": "skipped"' in render(problems, "json")
+    # and the run history stores plain text
+    from toolkit.rules.history import record_check_run
+
+    shutil.copytree(problems.data_dir, tmp_path / "data")
+    record_check_run(_settings(tmp_path), problems)
+    conn = sqlite3.connect(tmp_path / "data" / "migrations.db")
+    try:
+        stored = set(conn.execute("SELECT typeof(status), status FROM check_results WHERE run_id = ?", (problems.run_id,)))
+    finally:
+        conn.close()
+    assert stored == {("text", s) for s in ("passed", "failed", "error", "skipped")}
 
 ALL = ["violations", "problems", "clean", "nonfinite"]
 

@@ -13,7 +13,7 @@ from ..history import open_history
 from ..lock import data_dir_lock
 from .plan import resolve_migration
 from .runner import Progress, _quiet, _took_over, _waiting, load_migrations
-from .state import read_states, reconcile, record_event
+from .state import MigrationStatus, read_states, reconcile, record_event
 
 __all__ = ["AcceptResult", "RestoreResult", "accept", "restore"]
 
@@ -70,7 +70,7 @@ def accept(settings: Settings, spec: str, *, progress: Progress = _quiet) -> Acc
                 history.execute("UPDATE migration_history SET checksum = ? WHERE migration_id = ?",
                                 (migration.checksum, migration.id))
                 record_event(history, migration_id=migration.id, database=migration.database, action="accept",
-                             status="accepted", detail=f"{record.checksum} -> {migration.checksum}\n{diff}", at=time.time())
+                             status=MigrationStatus.ACCEPTED, detail=f"{record.checksum} -> {migration.checksum}\n{diff}", at=time.time())
         finally:
             history.close()
     return AcceptResult(migration.label, migration.database, record.checksum, migration.checksum, diff, reconciled)
@@ -92,7 +92,7 @@ def restore(settings: Settings, spec: str | None, database: str | None, *, progr
                 reconciled = reconcile(history, read_states(settings, DATABASES), load_migrations(settings))
                 with transaction(history):
                     record_event(history, migration_id="-", database=item.database, action="restore",
-                                 status="restored", detail=f"from {item.path.name}", at=time.time())
+                                 status=MigrationStatus.RESTORED, detail=f"from {item.path.name}", at=time.time())
             finally:
                 history.close()
     return RestoreResult(item, safety, reconciled)

@@ -27,7 +27,7 @@ from ..history import open_history
 from ..lock import Holder, data_dir_lock
 from .discovery import Migration, MigrationContext, bundled_migrations_dir, discover
 from .plan import Plan, Step, plan_downgrade, plan_upgrade
-from .state import FileState, ensure_bookkeeping, read_states, reconcile, record_event, record_history
+from .state import FileState, MigrationStatus, ensure_bookkeeping, read_states, reconcile, record_event, record_history
 
 __all__ = [
     "Progress",
@@ -142,7 +142,7 @@ def _preflight(settings: Settings, plan: Plan) -> dict[str, sqlite3.Connection]:
     return conns
 
 
-def _record(history: sqlite3.Connection, migration: Migration, path: Path, status: str, started: float,
+def _record(history: sqlite3.Connection, migration: Migration, path: Path, status: MigrationStatus, started: float,
             duration: float | None, error: str | None, action: str) -> None:
     history.execute("BEGIN IMMEDIATE")
     try:
@@ -209,7 +209,7 @@ def _run_step(
         where = f" at statement `{shown}`" if shown else ""
         error = f"{step.direction} of migration {m.label} failed on database {m.database} ({path}){where}: {reason}"
         try:
-            _record(history, m, path, "failed", started, time.perf_counter() - clock, error, step.direction)
+            _record(history, m, path, MigrationStatus.FAILED, started, time.perf_counter() - clock, error, step.direction)
         except sqlite3.Error:
             pass  # the failure itself is what the user must see
         raise MigrationFailedError(
@@ -219,7 +219,8 @@ def _run_step(
         ) from exc
     duration = time.perf_counter() - clock
     CHECKPOINT[0]("after_file_commit", m)
-    _record(history, m, path, "applied" if step.direction == "upgrade" else "rolled_back", started, duration, None, step.direction)
+    status = MigrationStatus.APPLIED if step.direction == "upgrade" else MigrationStatus.ROLLED_BACK
+    _record(history, m, path, status, started, duration, None, step.direction)
     result.steps.append(StepResult(m.label, m.database, step.direction, duration, list(ctx.statements)))
 
 

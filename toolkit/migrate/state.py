@@ -11,6 +11,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from ..config import DATABASES, Settings
@@ -21,6 +22,7 @@ from ..lock import data_dir_lock
 from .discovery import Migration
 
 __all__ = [
+    "MigrationStatus",
     "BOOKKEEPING_DDL",
     "AppliedRecord",
     "FileState",
@@ -58,6 +60,21 @@ BOOKKEEPING_DDL = (
         PRIMARY KEY (run_id, seq)
     ) WITHOUT ROWID""",
 )
+
+
+class MigrationStatus(StrEnum):
+    """The status of a migration in ``migrations.db``. Members equal their strings, which are what
+    the ledger stores (plain TEXT) and what code reading it compares with.
+
+    ``migration_history`` (one row per migration, its latest status) holds the first three;
+    ``migration_events`` also records the outcome of ``migrate accept`` and ``migrate restore``.
+    """
+
+    APPLIED = "applied"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+    ACCEPTED = "accepted"
+    RESTORED = "restored"
 
 
 @dataclass(frozen=True)
@@ -121,7 +138,7 @@ def record_history(
     name: str,
     database: str,
     path: Path,
-    status: str,
+    status: MigrationStatus,
     at: float,
     duration: float | None = None,
     error: str | None = None,
@@ -159,7 +176,7 @@ def record_event(
     migration_id: str,
     database: str | None,
     action: str,
-    status: str,
+    status: MigrationStatus,
     detail: str | None = None,
     duration: float | None = None,
     at: float | None = None,
@@ -192,26 +209,26 @@ def reconcile(
         for row in history.execute("SELECT migration_id, status, database_name FROM migration_history")
     }
     notes: list[str] = []
-    writes: list[tuple[str, dict]] = []
+    writes: list[tuple[MigrationStatus, dict]] = []
     for state in states.values():
         for mid, record in state.records.items():
             status = ledger.get(mid, (None, None))[0]
-            if status != "applied":
+            if status != MigrationStatus.APPLIED:
                 was = f"ledger said {status}" if status else "missing from the ledger"
                 notes.append(
                     f"{record.name if mid not in by_id else by_id[mid].label} is applied in {state.path.name} "
                     f"but was {was}: recorded as applied"
                 )
-                writes.append(("applied", {"mid": mid, "state": state, "record": record}))
+                writes.append((MigrationStatus.APPLIED, {"mid": mid, "state": state, "record": record}))
     for mid, (status, database) in ledger.items():
-        if status != "applied" or database not in states:
+        if status != MigrationStatus.APPLIED or database not in states:
             continue
         state = states[database]
         if mid not in state.records:
             reason = "the file does not exist" if not state.exists else "the file has no record of it"
             label = by_id[mid].label if mid in by_id else mid
             notes.append(f"{label} was recorded as applied to {state.path.name} but {reason}: recorded as rolled back")
-            writes.append(("rolled_back", {"mid": mid, "state": state, "record": None}))
+            writes.append((MigrationStatus.ROLLED_BACK, {"mid": mid, "state": state, "record": None}))
     if not writes or not write:
         return notes
     now = time.time()

@@ -19,7 +19,7 @@ from ..history import open_history
 from .discovery import Migration, MigrationContext
 from .plan import drifted, unknown_applied
 from .runner import load_migrations
-from .state import FileState, read_states, reconcile_if_free
+from .state import FileState, MigrationStatus, read_states, reconcile_if_free
 
 __all__ = ["Finding", "VerifyReport", "verify", "expected_schema", "live_schema", "schema_differences", "normalize_sql"]
 
@@ -166,12 +166,12 @@ def verify(settings: Settings) -> VerifyReport:
                     report.findings.append(Finding("checksum", name, m.label, "file changed since it was applied:\n" + _diff(old, m.source, m.path.name)))
             for mid, record in state.records.items():
                 status, db, checksum = ledger.get(mid, (None, None, None))
-                if status != "applied" or db != name:
+                if status != MigrationStatus.APPLIED or db != name:
                     report.findings.append(Finding("ledger", name, mid, f"applied in {state.path.name} but the ledger says {status or 'nothing'} ({db or 'no database'})"))
                 elif checksum and checksum != record.checksum:
                     report.findings.append(Finding("ledger", name, mid, "ledger checksum differs from the checksum recorded in the file"))
             for mid, (status, db, _) in ledger.items():
-                if db == name and status == "applied" and mid not in state.records:
+                if db == name and status == MigrationStatus.APPLIED and mid not in state.records:
                     report.findings.append(Finding("ledger", name, mid, f"the ledger says applied but {state.path.name} has no record of it"))
             expected = expected_schema(migrations, name, list(state.records))
             for subject, detail in schema_differences(expected, live_schema(conn)):
