@@ -21,7 +21,7 @@ from toolkit.errors import UnknownNameError
 from toolkit.fixtures import attacks as attack_catalogue
 from toolkit.fixtures import generate
 from toolkit.guard import connection as guard_connection
-from toolkit.guard.harness import run_attacks
+from toolkit.guard.harness import AttackOutcome, AttackVerdict, run_attacks
 from toolkit.rules.registry import Registry
 from toolkit.content import load_registry
 
@@ -140,9 +140,22 @@ def test_run_attacks_library(session: Path, guardrails: bool, tmp_path: Path, mo
     assert report.exit_code == 0
     assert report.guardrails is guardrails
     assert Path(report.data_dir) == _settings(session).data_dir
+    assert all(type(o.outcome) is AttackVerdict for o in report.outcomes)
     assert_passing([vars(o) | {"targets": list(o.targets)} for o in report.outcomes], guardrails)
     assert contents(session) == before
     no_escape_files(tmp_path)
+
+
+def test_attack_outcomes_are_enum_members_that_print_as_their_plain_strings() -> None:
+    from dataclasses import asdict
+
+    outcome = AttackOutcome("x", "An attack.", "data", ("orphaned_sells",), "blocked")
+    assert outcome.outcome is AttackVerdict.BLOCKED and outcome.outcome == "blocked"
+    assert AttackVerdict.GAP == "gap" and f"{AttackVerdict.DETECTED}" == "detected"
+    assert json.loads(json.dumps(asdict(outcome)))["outcome"] == "blocked"
+    assert '"outcome": "blocked"' in json.dumps(asdict(outcome))
+    with pytest.raises(ValueError):
+        AttackOutcome("x", "An attack.", "data", (), "exploded")
 
 
 REPORT_SCHEMA = {

@@ -753,6 +753,107 @@ def test_a_breach_is_not_hidden_behind_the_bodys_exception(data: Settings, excep
         conn.close()
 
 
+#: Two ways code under test closes the session's connection: its own close() (which the session sees
+#: happen), and the sqlite3 base class's (which it only finds out about afterwards).
+CLOSES = {
+    "close()": lambda conn: conn.close(),
+    "base-class-close": lambda conn: sqlite3.Connection.close(conn),
+}
+
+
+@pytest.mark.parametrize("guardrails", [False, True], ids=["guardrails-off", "guardrails-on"])
+@pytest.mark.parametrize("close", list(CLOSES))
+def test_closing_the_connection_inside_the_session_is_a_clear_error_and_proven_harmless(
+        proven: Settings, close: str, guardrails: bool) -> None:
+    conn = connect_guarded(proven, guardrails=guardrails)
+    try:
+        with pytest.raises(GuardrailViolation) as info:
+            with rollback_only(conn):
+                _scribble(conn)
+                assert _scribbled(conn)
+                CLOSES[close](conn)
+        exc = info.value
+        assert isinstance(exc, guard_connection.SessionConnectionClosed)
+        assert not isinstance(exc, IsolationBreach)
+        text = str(exc)
+        assert "the session's connection was closed inside the rollback-only session" in text
+        assert "nothing was committed" in text
+        assert all(name in text for name in ("positions", "trading", "ml_training")), text
+        assert exc.hint and "after the session" in exc.hint
+        assert "\n" not in text
+        with pytest.raises(sqlite3.ProgrammingError):
+            conn.execute("SELECT 1")
+    finally:
+        conn.close()  # closing again is harmless
+    # `proven` re-reads every file: the session's writes are gone
+
+
+@pytest.mark.parametrize("close", list(CLOSES))
+def test_a_session_subverted_and_then_closed_is_still_an_isolation_breach(data: Settings, close: str) -> None:
+    """The proof after a close is real: a commit that got out of the session is found."""
+    before = contents(data)
+    conn = connect_guarded(data, guardrails=False)
+    try:
+        with pytest.raises(IsolationBreach, match=r"trading\.account"):
+            with rollback_only(conn):
+                conn.execute("UPDATE trading.account SET cash_balance = cash_balance + 1")
+                sqlite3.Connection.set_authorizer(conn, None)
+                sqlite3.Connection.execute(conn, "COMMIT")
+                CLOSES[close](conn)
+    finally:
+        conn.close()
+    assert contents(data)["trading"]["account"] != before["trading"]["account"]
+
+
+def test_after_a_close_the_session_never_saw_the_files_are_re_read(data: Settings) -> None:
+    """Closed behind the session's back, the connection cannot be asked anything: the proof re-reads
+    the files. A commit that lands once the session's lock is gone is then seen, not assumed away."""
+    conn = connect_guarded(data, guardrails=False)
+    try:
+        with pytest.raises(IsolationBreach, match=r"trading\.orders"):
+            with rollback_only(conn):
+                sqlite3.Connection.close(conn)
+                other = sqlite3.connect(data.path("trading"), isolation_level=None)
+                try:
+                    other.execute("UPDATE orders SET strategy = 'after the close'")
+                finally:
+                    other.close()
+    finally:
+        conn.close()
+
+
+def test_a_close_the_session_sees_is_proven_inside_its_write_lock(data: Settings) -> None:
+    """close() inside the session rolls back and hashes before the connection goes, while the session
+    still holds BEGIN IMMEDIATE: a bot committing once the lock is free is not taken for a breach (its
+    write really lands, after the session)."""
+    before = contents(data)
+    conn = connect_guarded(data, guardrails=False)
+    try:
+        with pytest.raises(guard_connection.SessionConnectionClosed, match="nothing was committed"):
+            with rollback_only(conn):
+                conn.execute("UPDATE trading.orders SET strategy = 'session-write'")
+                conn.close()
+                other = sqlite3.connect(data.path("trading"), isolation_level=None)
+                try:
+                    other.execute("UPDATE orders SET strategy = 'after the close' WHERE order_id = (SELECT min(order_id) FROM orders)")
+                finally:
+                    other.close()
+    finally:
+        conn.close()
+    assert contents(data)["trading"]["orders"] != before["trading"]["orders"]
+
+
+def test_a_session_that_does_not_prove_still_says_the_connection_was_closed(proven: Settings) -> None:
+    conn = connect_guarded(proven, guardrails=False)
+    try:
+        with pytest.raises(GuardrailViolation, match="closed inside the rollback-only session"):
+            with rollback_only(conn, prove=False):
+                _scribble(conn)
+                conn.close()
+    finally:
+        conn.close()
+
+
 # -- a process killed inside a session ----------------------------------------------------------------
 
 CHILD = textwrap.dedent("""

@@ -189,6 +189,90 @@ def test_bytes_overwritten_in_the_middle_of_a_btree_page(cli, partly, lifecycle)
     assert lifecycle.snapshot(partly.data_dir) == before
 
 
+def damage_index_root(path: Path, index: str) -> None:
+    """Overwrite the header of one index's root page: the file opens and its tables read, but
+    ``PRAGMA quick_check`` reports the page."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE type = 'index' AND name = ?", (index,)).fetchone()[0]
+    finally:
+        conn.close()
+    with path.open("r+b") as fh:
+        fh.seek((root - 1) * page_size)
+        fh.write(b"\xff" * 8)
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA quick_check").fetchall() != [("ok",)]
+    finally:
+        conn.close()
+
+
+#: A file no pending migration touches (positions.db has only 001), and the ledger itself.
+DAMAGED_ELSEWHERE = {"positions": "idx_positions_strategy", "migrations": "idx_migration_events_migration"}
+
+
+@pytest.mark.parametrize("name", list(DAMAGED_ELSEWHERE))
+@pytest.mark.parametrize("applied", ["003", "005"], ids=["pending-elsewhere", "nothing-pending"])
+@pytest.mark.parametrize("dry_run", [False, True], ids=["upgrade", "dry-run"])
+def test_upgrade_refuses_a_data_dir_with_a_file_that_fails_quick_check(cli, settings, lifecycle, name, applied, dry_run):
+    """Not only the files the plan changes: a damaged file anywhere in the data directory stops the
+    upgrade (with nothing pending too), before the ledger is reconciled or a backup is taken."""
+    upgrade(settings, migrations=load_migrations(settings), target=applied)
+    path = settings.path(name)
+    damage_index_root(path, DAMAGED_ELSEWHERE[name])
+    backups = sorted(p.name for p in settings.backup_dir.iterdir()) if settings.backup_dir.exists() else []
+    before = lifecycle.snapshot(settings.data_dir)
+    result = migrate(cli, settings, "upgrade", *(["--dry-run"] if dry_run else []))
+    assert result.returncode == 3, result.stdout + result.stderr
+    error_line(result, str(path), "quick_check", "migrate restore", "nothing was changed")
+    assert lifecycle.snapshot(settings.data_dir) == before
+    assert (sorted(p.name for p in settings.backup_dir.iterdir()) if settings.backup_dir.exists() else []) == backups
+    assert lifecycle.records(settings.path("trading")) == (["002"] if applied == "003" else ["002", "004"])
+
+
+def test_verify_reports_a_file_whose_quick_check_raises(cli, migrated, lifecycle):
+    """A table root page with a bad page type: the file opens and its schema reads, but the pragma
+    itself raises ``database disk image is malformed``. That is a finding naming the file (exit 1),
+    and the other files are still verified."""
+    path = migrated.path("trading")
+    checkpoint(path)
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = 'orders'").fetchone()[0]
+    finally:
+        conn.close()
+    with path.open("r+b") as fh:
+        fh.seek((root - 1) * page_size)
+        fh.write(b"\x0a")  # an index leaf where a table page belongs
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+            conn.execute("PRAGMA quick_check").fetchall()
+    finally:
+        conn.close()
+    before = lifecycle.snapshot(migrated.data_dir)
+
+    result = migrate(cli, migrated, "verify")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "error:" not in result.stderr, result.stderr
+    findings = [line for line in result.stdout.splitlines() if line.startswith("quick_check")]
+    assert findings and all("trading.db" in line and "malformed" in line for line in findings), result.stdout
+
+    result = migrate(cli, migrated, "verify", "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert {(f["check"], f["database"], f["subject"]) for f in data["findings"] if f["check"] == "quick_check"} == {
+        ("quick_check", "trading", "trading.db")}
+    checked = {(c["database"], c["check"]): c["ok"] for c in data["checked"]}
+    assert checked[("trading", "quick_check")] is False
+    assert all(checked[(name, "quick_check")] for name in ("positions", "ml_training", "migrations"))
+    assert lifecycle.snapshot(migrated.data_dir) == before
+
+
 # -- a read-only file -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["trading", "migrations"])

@@ -398,3 +398,26 @@ def test_every_connection_is_wal_with_foreign_keys(migrated):
             assert conn.isolation_level is None
         finally:
             conn.close()
+
+
+def test_migration_statuses_are_enum_members_stored_as_plain_text(migrated, lifecycle, extra_dir):
+    from toolkit.migrate import MigrationStatus
+    from toolkit.migrate.state import MigrationStatus as from_state
+
+    assert MigrationStatus is from_state
+    assert MigrationStatus.APPLIED == "applied" and MigrationStatus.ROLLED_BACK == "rolled_back"
+    assert f"{MigrationStatus.FAILED}" == "failed" and str(MigrationStatus.ACCEPTED) == "accepted"
+    downgrade(migrated, migrations=load_migrations(migrated), target="005")
+    lifecycle.write_migration(extra_dir, "900_fails.py", 'db.execute("INSERT INTO no_such_table VALUES (1)")')
+    extra = migrated.with_(migrations_dirs=(extra_dir,))
+    with pytest.raises(MigrationFailedError):
+        upgrade(extra, migrations=load_migrations(extra))
+    conn = sqlite3.connect(migrated.history_path)
+    try:
+        history = dict(conn.execute("SELECT migration_id, typeof(status) || ' ' || status FROM migration_history"))
+        events = set(conn.execute("SELECT typeof(status), status FROM migration_events"))
+    finally:
+        conn.close()
+    assert history == {"001": "text applied", "002": "text applied", "003": "text applied", "004": "text applied",
+                       "005": "text applied", "900": "text failed"}
+    assert events == {("text", "applied"), ("text", "rolled_back"), ("text", "failed")}

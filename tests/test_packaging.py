@@ -126,3 +126,26 @@ def test_python_dash_m_toolkit_works_when_installed(installed, tmp_path):
     _run([python, "-m", "toolkit", "migrate", "--data-dir", data, "upgrade"], cwd=cwd)
     status = json.loads(_run([python, "-m", "toolkit", "migrate", "--data-dir", data, "status", "--json"], cwd=cwd).stdout)
     assert status["up_to_date"] is True
+
+
+@pytest.mark.slow
+def test_the_source_tree_runs_beside_a_non_editable_install(installed, tmp_path):
+    """From the repository root the source tree's toolkit/ shadows the installed one: it finds its
+    content in the folders beside it (migrations/, checks/, fixtures/), as `python -m fixtures` does."""
+    python, source = installed["python"], installed["source"]
+    data = tmp_path / "x"
+    up = _run([python, "-m", "toolkit", "migrate", "--data-dir", data, "upgrade"], cwd=source)
+    assert len(up.stdout.splitlines()) == 5
+    where = _run([python, "-c", "import toolkit, toolkit.content as c; print(toolkit.__file__); "
+                                "print(c.content_package('migrations').__file__)"], cwd=source).stdout.split()
+    assert Path(where[0]).is_relative_to(source) and Path(where[1]) == source / "migrations" / "__init__.py"
+    status = json.loads(_run([python, "-m", "toolkit", "migrate", "--data-dir", data, "status", "--json"], cwd=source).stdout)
+    assert status["up_to_date"] is True
+    session = tmp_path / "session"
+    _run([python, "-m", "fixtures", "generate", "--data-dir", session, "--trades", "400", "--tickers", "5", "--quiet"],
+         cwd=source)
+    check = _run([python, "-m", "toolkit", "integrity", "--data-dir", session, "check"], cwd=source, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # and the installed copy, from anywhere else, finds the same content inside the package
+    listed = _run([python, "-m", "toolkit.fixtures", "defects"], cwd=installed["cwd"]).stdout
+    assert "unlinked_closes" in listed

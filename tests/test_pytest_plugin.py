@@ -117,6 +117,32 @@ BREACH_TESTS = textwrap.dedent('''
 ''')
 
 
+#: Tests that close the fixture's connection: with nothing leaked (through close(), and through the
+#: sqlite3 base class, which the session cannot see), and after subverting the session first.
+CLOSING_TESTS = textwrap.dedent('''
+    import sqlite3
+
+    import pytest
+
+
+    @pytest.mark.toolkit_guardrails(False)
+    def test_closes_its_connection(rolled_back_db):
+        rolled_back_db.execute("DELETE FROM trading.trades")
+        rolled_back_db.close()
+
+
+    def test_closes_it_behind_the_sessions_back(rolled_back_db):
+        sqlite3.Connection.close(rolled_back_db)
+
+
+    @pytest.mark.toolkit_guardrails(False)
+    def test_subverts_then_closes(rolled_back_db):
+        rolled_back_db.execute("UPDATE trading.orders SET strategy = 'leaked'")
+        sqlite3.Connection.set_authorizer(rolled_back_db, None)
+        sqlite3.Connection.execute(rolled_back_db, "COMMIT")
+        rolled_back_db.close()
+''')
+
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("plugin-data")
@@ -206,3 +232,25 @@ def test_the_fixture_fails_a_test_whose_data_changed_anyway(data: Path, tmp_path
     after = contents(data)
     assert after["trading"][1]["orders"] != before["trading"][1]["orders"]
     assert after["ml_training"][1]["ensemble_weights"] != before["ml_training"][1]["ensemble_weights"]
+
+
+def test_a_test_that_closes_the_connection_gets_a_clear_error_and_the_proof(data: Path, tmp_path: Path) -> None:
+    before = contents(data)
+    project = make_project(tmp_path / "user-project", data, CLOSING_TESTS)
+    result = run_pytest(project, expected_data_dir=data)
+    assert result.returncode == 1, result.stdout + result.stderr
+    output = result.stdout
+    assert "3 passed, 3 errors" in output, output
+    assert "ProgrammingError" not in output and "closed database" not in output, output
+    for test in ("test_closes_its_connection", "test_closes_it_behind_the_sessions_back", "test_subverts_then_closes"):
+        assert f"ERROR at teardown of {test}" in output
+    closed = [line for line in output.splitlines() if line.startswith("E ") and "SessionConnectionClosed" in line]
+    assert len(closed) == 2, output
+    assert all("closed inside the rollback-only session" in line and "nothing was committed" in line
+               and "after the session has ended" in line for line in closed), closed
+    assert "proven inside the session's write lock" in output and "proven by re-reading the files" in output
+    # the subverted one is a breach, found by the proof after the close
+    assert "IsolationBreach" in output and "changed trading.orders" in output
+    after = contents(data)
+    assert after["trading"][1]["trades"] == before["trading"][1]["trades"]
+    assert after["trading"][1]["orders"] != before["trading"][1]["orders"]

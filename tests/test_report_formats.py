@@ -19,6 +19,7 @@ from toolkit.report import FORMATS, render
 from toolkit.rules import Registry, Rule, Severity, Violation, run_checks
 from toolkit.rules.model import fingerprint
 from toolkit.content import load_registry
+from toolkit.rules.runner import RuleResult, RuleStatus
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = load_registry(plugins=False)
@@ -108,6 +109,36 @@ def test_the_fixture_reports_are_what_the_format_tests_need(reports) -> None:
     assert any(isinstance(v.stored, float) and math.isinf(v.stored)
                for v in odd.result("snapshot_equity_mismatch").samples)
 
+
+
+def test_rule_statuses_are_enum_members_that_render_as_their_plain_strings(reports, tmp_path: Path) -> None:
+    problems = reports["problems"]
+    assert all(type(r.status) is RuleStatus for r in problems.results)
+    # members still equal the strings other code compares with, and hash like them
+    assert problems.result("crashing_rule").status == "error" and RuleStatus.SKIPPED == "skipped"
+    assert {"error": 1}[RuleStatus.ERROR] == 1
+    assert RuleResult(BUNDLED["orphaned_sells"], status="skipped").status is RuleStatus.SKIPPED
+    with pytest.raises(ValueError):
+        RuleResult(BUNDLED["orphaned_sells"], status="exploded")
+    # every format prints the value, never the member's name
+    for fmt in FORMATS:
+        text = render(problems, fmt)
+        assert "RuleStatus" not in text, fmt
+    data = _strict_json(render(problems, "json"))
+    assert {type(r["status"]) for r in data["rules"]} == {str}
+    assert {r["status"] for r in data["rules"]} == {"passed", "failed", "error", "skipped"}
+    assert '"status": "skipped"' in render(problems, "json")
+    # and the run history stores plain text
+    from toolkit.rules.history import record_check_run
+
+    shutil.copytree(problems.data_dir, tmp_path / "data")
+    record_check_run(_settings(tmp_path), problems)
+    conn = sqlite3.connect(tmp_path / "data" / "migrations.db")
+    try:
+        stored = set(conn.execute("SELECT typeof(status), status FROM check_results WHERE run_id = ?", (problems.run_id,)))
+    finally:
+        conn.close()
+    assert stored == {("text", s) for s in ("passed", "failed", "error", "skipped")}
 
 ALL = ["violations", "problems", "clean", "nonfinite"]
 
@@ -202,24 +233,85 @@ def test_junit_has_one_testcase_per_rule_and_fails_blocking_rules(reports, name:
 
 # -- SARIF -------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def sarif_validator():
-    jsonschema = pytest.importorskip("jsonschema")
-    candidates = []
-    if os.environ.get("TOOLKIT_SARIF_SCHEMA"):
-        candidates.append(Path(os.environ["TOOLKIT_SARIF_SCHEMA"]))
-    # beside the checkout (the project's shared reference files), or where the team keeps them
-    for root in (REPO.parent, Path("/work")):
-        candidates.append(root / "shared" / "data" / "sarif-schema-2.1.0.json")
+#: Where the official schema lives: ``../shared/data`` relative to the checkout root (CI lays the
+#: project's shared reference files beside the clone). TOOLKIT_SARIF_SCHEMA names another copy.
+SARIF_SCHEMA_NAME = "sarif-schema-2.1.0.json"
+
+
+def in_ci(env) -> bool:
+    return env.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def not_available(reason: str, env):
+    """Outside CI a missing prerequisite skips the SARIF tests (saying why); in CI it fails them."""
+    if in_ci(env):
+        pytest.fail(f"{reason}; CI is set, so the SARIF tests fail instead of skipping", pytrace=False)
+    pytest.skip(reason)
+
+
+def find_sarif_schema(repo: Path, env) -> Path:
+    candidates = [Path(env["TOOLKIT_SARIF_SCHEMA"])] if env.get("TOOLKIT_SARIF_SCHEMA") else []
+    candidates.append(repo.parent / "shared" / "data" / SARIF_SCHEMA_NAME)
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
-        pytest.skip("the official SARIF 2.1.0 schema was not found (looked at "
-                    + ", ".join(map(str, candidates)) + "; set TOOLKIT_SARIF_SCHEMA to its path)")
-    schema = json.loads(found.read_text(encoding="utf-8"))
+        not_available("the official SARIF 2.1.0 schema was not found (looked at " + ", ".join(map(str, candidates))
+                      + "; put it in ../shared/data beside the checkout, or set TOOLKIT_SARIF_SCHEMA to its path)", env)
+    return found
+
+
+@pytest.fixture(scope="module")
+def sarif_validator():
+    try:
+        import jsonschema
+    except ImportError:
+        not_available("jsonschema is not installed (it is in the test extras: pip install -e '.[test]')", os.environ)
+    schema = json.loads(find_sarif_schema(REPO, os.environ).read_text(encoding="utf-8"))
     assert "2.1.0" in schema.get("title", "") + schema.get("id", schema.get("$id", ""))
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def test_the_sarif_schema_is_found_beside_the_checkout(tmp_path: Path) -> None:
+    repo = tmp_path / "clone"
+    repo.mkdir()
+    schema = tmp_path / "shared" / "data" / SARIF_SCHEMA_NAME
+    schema.parent.mkdir(parents=True)
+    schema.write_text("{}")
+    assert find_sarif_schema(repo, {}) == schema
+    assert find_sarif_schema(repo, {"CI": "true"}) == schema
+    # this checkout's own copy is where CI puts it, relative to the checkout (skips outside CI if absent)
+    env = {k: v for k, v in os.environ.items() if k != "TOOLKIT_SARIF_SCHEMA"}
+    assert find_sarif_schema(REPO, env) == REPO.parent / "shared" / "data" / SARIF_SCHEMA_NAME
+
+
+@pytest.mark.parametrize("ci", ["true", "TRUE", "1"])
+def test_a_missing_sarif_schema_fails_in_ci(tmp_path: Path, ci: str) -> None:
+    repo = tmp_path / "clone"
+    repo.mkdir()
+    with pytest.raises(pytest.fail.Exception, match=r"SARIF 2\.1\.0 schema was not found.*CI is set") as info:
+        find_sarif_schema(repo, {"CI": ci})
+    assert str(tmp_path / "shared" / "data" / SARIF_SCHEMA_NAME) in str(info.value)
+
+
+@pytest.mark.parametrize("env", [{}, {"CI": "false"}, {"CI": ""}])
+def test_a_missing_sarif_schema_skips_outside_ci_with_the_reason(tmp_path: Path, env: dict) -> None:
+    repo = tmp_path / "clone"
+    repo.mkdir()
+    with pytest.raises(pytest.skip.Exception, match=r"SARIF 2\.1\.0 schema was not found") as info:
+        find_sarif_schema(repo, env)
+    assert str(tmp_path / "shared" / "data" / SARIF_SCHEMA_NAME) in str(info.value)
+    assert "/work/" not in str(info.value).replace(str(tmp_path), "")
+
+
+def test_an_explicit_schema_path_is_used_and_must_exist(tmp_path: Path) -> None:
+    repo = tmp_path / "clone"
+    repo.mkdir()
+    elsewhere = tmp_path / "copy.json"
+    elsewhere.write_text("{}")
+    assert find_sarif_schema(repo, {"TOOLKIT_SARIF_SCHEMA": str(elsewhere)}) == elsewhere
+    with pytest.raises(pytest.fail.Exception, match="missing.json"):
+        find_sarif_schema(repo, {"TOOLKIT_SARIF_SCHEMA": str(tmp_path / "missing.json"), "CI": "true"})
 
 
 def _valid_sarif(validator, text: str) -> dict:

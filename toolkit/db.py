@@ -11,11 +11,11 @@ import hashlib
 import os
 import sqlite3
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import DatabaseBusyError, DatabaseFileError, NotInitialisedError, ToolkitError
+from .errors import DatabaseBusyError, DatabaseFileError, ToolkitError
 
 __all__ = [
     "atomic",
@@ -305,11 +305,3 @@ def content_hash(conn: sqlite3.Connection, schema: str = "main") -> str:
         digest.update(f"{name}={value}\n".encode())
     return digest.hexdigest()
 
-
-def require_initialised(paths: Iterable[Path]) -> None:
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        names = ", ".join(p.name for p in missing)
-        raise NotInitialisedError(
-            f"{missing[0].parent}: not initialised ({names} missing)", hint="run `migrate upgrade` first"
-        )

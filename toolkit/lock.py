@@ -70,18 +70,6 @@ class Holder:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at))
         return f"pid {self.pid} on {self.host} since {when} ({self.command})"
 
-    def alive(self) -> bool | None:
-        """Whether the holder still runs; ``None`` when it is on another host (cannot tell)."""
-        if self.host != hostname():
-            return None
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
 
 def read_holder(path: Path) -> Holder | None:
     try:

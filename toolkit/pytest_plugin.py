@@ -6,7 +6,8 @@
 
 ``rolled_back_db`` is a guarded connection to the databases (attached as ``positions``, ``trading``,
 ``ml_training``) inside a rollback-only session: whatever the test does is rolled back, and the
-fixture fails the test if the databases' content changed anyway. Mark a test
+fixture fails the test if the databases' content changed anyway (``IsolationBreach``), and if the
+test closed the connection (``SessionConnectionClosed``, after the same proof). Mark a test
 ``@pytest.mark.toolkit_guardrails(False)`` to attack a plain connection instead (foreign keys off, no
 guard triggers) — still inside the session. The data directory comes from ``--toolkit-data-dir``,
 the ``toolkit_data_dir`` ini option, ``TOOLKIT_DATA_DIR``, or ``./data``.
@@ -51,7 +52,9 @@ def toolkit_settings(request: pytest.FixtureRequest) -> Any:
 
 @pytest.fixture
 def rolled_back_db(request: pytest.FixtureRequest, toolkit_settings: Any) -> Iterator[Any]:
-    """A guarded connection inside a rollback-only session; proves the data unchanged afterwards."""
+    """A guarded connection inside a rollback-only session; proves the data unchanged afterwards.
+
+    The fixture owns the connection: a test that closes it gets an error at teardown."""
     from toolkit.content import load_registry
     from toolkit.guard.connection import connect_guarded, rollback_only
 

@@ -20,27 +20,40 @@ COMMIT, END, a full ROLLBACK, RELEASE of its outer savepoint, ATTACH/DETACH, VAC
 ``commit()``, ``executescript`` and replacing the authorizer are refused while it is open; it rolls
 back on every exit (normal, exception, KeyboardInterrupt), and afterwards proves the content of every
 attached database unchanged (a logical hash of each table and the schema). A process killed inside
-it leaves nothing either: nothing was ever committed.
+it leaves nothing either: nothing was ever committed. Closing the connection inside the session is
+an error (:class:`SessionConnectionClosed`) raised when the session ends, after the same proof.
 """
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import DATABASES, Settings, load_settings
 from ..backend import backend_for
-from ..db import table_hashes
+from ..db import open_databases, table_hashes
 from ..domain import LEDGER_GUARDS
-from ..errors import GuardrailViolation, IsolationBreach
+from ..errors import GuardrailViolation, IsolationBreach, ToolkitError
 from .model import Guard
 from .policy import guard_decision, session_decision
 
-__all__ = ["GuardedConnection", "connect_guarded", "rollback_only", "SESSION_SAVEPOINT"]
+__all__ = ["GuardedConnection", "connect_guarded", "rollback_only", "SESSION_SAVEPOINT", "SessionConnectionClosed"]
 
 SESSION_SAVEPOINT = "_toolkit_session"
+
+
+class SessionConnectionClosed(GuardrailViolation):
+    """The connection of a rollback-only session was closed before the session ended.
+
+    Raised when the session ends, once the proof that nothing changed has been made (a change found
+    by the proof is an :class:`~toolkit.errors.IsolationBreach` instead)."""
+
+    def __init__(self, reason: str, *, hint: str) -> None:
+        super().__init__(reason)
+        self.hint = hint
 
 
 def _screen(conn: GuardedConnection, sql: str) -> None:
@@ -81,6 +94,7 @@ class GuardedConnection(sqlite3.Connection):
         self._ready = False
         self._trusted: list[str] = []
         self._session: str | None = None
+        self._session_end: _SessionEnd | None = None
         self._denial: str | None = None
 
     # -- the authorizer ----------------------------------------------------------------------------
@@ -132,6 +146,23 @@ class GuardedConnection(sqlite3.Connection):
         if self._session is not None:
             raise GuardrailViolation("rollback() would end the session's transaction (use ROLLBACK TO a savepoint)")
         super().rollback()
+
+    def close(self) -> None:
+        # Closed inside a rollback-only session: end the session's transaction here, while it still
+        # holds the write lock, so the proof is taken as at any other exit; the session reports the
+        # close when it ends.
+        end = self._session_end
+        try:
+            if end is not None and not end.closed:
+                end.closed = True
+                self._session = None
+                try:
+                    end.after = _end_transaction(self, end.names, prove=end.prove)
+                    end.rolled_back = True
+                except Exception:
+                    pass  # the session re-reads the files instead
+        finally:
+            super().close()
 
     def set_authorizer(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         if self._ready:
@@ -219,6 +250,40 @@ def _hashes(conn: sqlite3.Connection, schemas: Iterable[str]) -> dict[str, dict[
     return {schema: table_hashes(conn, schema) for schema in schemas}
 
 
+@dataclass
+class _SessionEnd:
+    """What a session needs to know when its connection is closed before the session ends."""
+    names: list[str]
+    prove: bool
+    closed: bool = False
+    rolled_back: bool = False
+    after: dict[str, dict[str, str]] | None = None
+
+
+def _end_transaction(conn: sqlite3.Connection, names: list[str], *, prove: bool) -> dict[str, dict[str, str]] | None:
+    """Roll the session back; the hashes after it (when proving), taken inside the session's
+    transaction when its savepoint is still there, else after the full rollback."""
+    after = None
+    if conn.in_transaction:
+        try:
+            sqlite3.Connection.execute(conn, f"ROLLBACK TO {SESSION_SAVEPOINT}")
+            after = _hashes(conn, names) if prove else None
+        except sqlite3.Error:
+            after = None  # the savepoint is gone: compare after the full rollback below
+        sqlite3.Connection.execute(conn, "ROLLBACK")
+    if prove and after is None:
+        after = _hashes(conn, names)
+    return after
+
+
+def _is_closed(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.in_transaction  # noqa: B018 - raises on a closed connection
+    except sqlite3.ProgrammingError:
+        return True
+    return False
+
+
 @contextmanager
 def rollback_only(conn: GuardedConnection, *, schemas: Iterable[str] | None = None,
                   prove: bool = True) -> Iterator[GuardedConnection]:
@@ -229,13 +294,17 @@ def rollback_only(conn: GuardedConnection, *, schemas: Iterable[str] | None = No
     or after the session cannot make it look like a breach. Raises :class:`IsolationBreach` (exit
     code 4) naming the tables whose content changed — also when the body raised, whose exception
     stays chained as the breach's context.
+
+    If the body closes the connection, the session still proves the content unchanged (through
+    ``close()`` before the connection goes; after a close it did not see, by re-reading the files
+    read-only) and then raises :class:`SessionConnectionClosed`.
     """
     if not isinstance(conn, GuardedConnection):
         raise TypeError("rollback_only needs a connection from connect_guarded()")
     if conn.in_transaction:
         raise GuardrailViolation("a rollback-only session must start outside a transaction")
-    names = list(schemas) if schemas is not None else [
-        r[1] for r in conn.execute("PRAGMA database_list") if r[1] not in ("main", "temp")]
+    files = {r[1]: r[2] for r in conn.execute("PRAGMA database_list")}
+    names = list(schemas) if schemas is not None else [n for n in files if n not in ("main", "temp")]
     conn.execute("BEGIN IMMEDIATE")
     try:
         before = _hashes(conn, names) if prove else {}
@@ -243,21 +312,62 @@ def rollback_only(conn: GuardedConnection, *, schemas: Iterable[str] | None = No
     except BaseException:
         sqlite3.Connection.execute(conn, "ROLLBACK")
         raise
+    end = _SessionEnd(names, prove)
     conn._session = SESSION_SAVEPOINT
+    conn._session_end = end
     try:
         yield conn
     finally:
         conn._session = None
-        after = None
-        if conn.in_transaction:
-            try:
-                sqlite3.Connection.execute(conn, f"ROLLBACK TO {SESSION_SAVEPOINT}")
-                after = _hashes(conn, names) if prove else None
-            except sqlite3.Error:
-                after = None  # the savepoint is gone: compare after the full rollback below
-            sqlite3.Connection.execute(conn, "ROLLBACK")
-        if prove:
-            _prove(names, before, after if after is not None else _hashes(conn, names))
+        conn._session_end = None
+        if end.closed or _is_closed(conn):
+            _closed_inside(names, files, before, end)
+        else:
+            after = _end_transaction(conn, names, prove=prove)
+            if prove:
+                _prove(names, before, after)  # type: ignore[arg-type]
+
+
+def _reread(names: list[str], files: dict[str, str]) -> dict[str, dict[str, str]]:
+    """The hashes of the named databases, through a new read-only connection to their files."""
+    conn = open_databases({name: Path(files[name]) for name in names}, readonly=True)
+    try:
+        conn.execute("BEGIN")  # one read snapshot per file for all its tables
+        try:
+            return _hashes(conn, names)
+        finally:
+            conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+def _closed_inside(names: list[str], files: dict[str, str], before: dict[str, dict[str, str]], end: _SessionEnd) -> None:
+    """The body closed the session's connection: prove what can be proven, then say so.
+
+    Closing a connection with an open transaction rolls it back, so nothing the session wrote can have
+    been committed — unless something got out of the session before the close, which the proof finds.
+    """
+    what = "the session's connection was closed inside the rollback-only session"
+    hint = "close the connection only after the session has ended (the rolled_back_db fixture closes it itself)"
+    if not end.prove:
+        raise SessionConnectionClosed(f"{what}; its transaction was rolled back, nothing was committed "
+                                      "(not proven: the session was opened with prove=False)", hint=hint)
+    if end.rolled_back and end.after is not None:
+        _prove(names, before, end.after)
+        how = "proven inside the session's write lock before the connection closed"
+    else:
+        # Closed where the session could not see it: the connection cannot be asked anything more,
+        # so the files are re-read. In-memory databases went with the connection and keep nothing.
+        on_disk = [name for name in names if files.get(name)]
+        try:
+            after = _reread(on_disk, files)
+        except (ToolkitError, sqlite3.Error) as exc:
+            raise SessionConnectionClosed(
+                f"{what}; SQLite rolled its transaction back, but the files could not be re-read to prove "
+                f"nothing changed ({exc})", hint=hint) from exc
+        _prove(on_disk, {name: before[name] for name in on_disk}, after)
+        how = "proven by re-reading the files after the close"
+    raise SessionConnectionClosed(f"{what}; nothing was committed ({how}: {', '.join(names)} unchanged)", hint=hint)
 
 
 def _prove(names: list[str], before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]) -> None:

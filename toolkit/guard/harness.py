@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from ..config import DATABASES, Settings
 from ..errors import GuardrailViolation, IsolationBreach, UnknownNameError, UsageError
@@ -21,7 +22,16 @@ from ..rules.runner import execute_rules
 from .attack import Attack, AttackContext
 from .connection import connect_guarded, rollback_only
 
-__all__ = ["AttackOutcome", "HarnessReport", "run_attacks", "select_attacks"]
+__all__ = ["AttackVerdict", "AttackOutcome", "HarnessReport", "run_attacks", "select_attacks"]
+
+
+class AttackVerdict(StrEnum):
+    """What became of one attack. Members equal their strings and print as them (JSON, tables)."""
+
+    BLOCKED = "blocked"     # guardrails on: refused before it changed anything
+    DETECTED = "detected"   # guardrails off: it went through and every rule it targets found it
+    REFUSED = "refused"     # an escape from the session, refused by the session (either mode)
+    GAP = "gap"             # none of the above: let through, undetected, or out of the session
 
 
 @dataclass
@@ -30,10 +40,13 @@ class AttackOutcome:
     description: str
     kind: str
     targets: tuple[str, ...]
-    outcome: str                    # blocked | detected | refused | gap
+    outcome: AttackVerdict
     detail: str = ""
     detected_by: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.outcome = AttackVerdict(self.outcome)
 
 
 @dataclass
@@ -46,7 +59,7 @@ class HarnessReport:
 
     @property
     def gaps(self) -> list[AttackOutcome]:
-        return [o for o in self.outcomes if o.outcome == "gap"]
+        return [o for o in self.outcomes if o.outcome == AttackVerdict.GAP]
 
     @property
     def exit_code(self) -> int:
@@ -104,7 +117,7 @@ def run_attacks(
                 for n, attack in enumerate(chosen, 1):
                     say(f"[{n}/{len(chosen)}] {attack.id}")
                     report.outcomes.append(_one(conn, settings, registry, attack, guardrails))
-                    if report.outcomes[-1].outcome == "gap" and not conn.in_transaction:
+                    if report.outcomes[-1].outcome == AttackVerdict.GAP and not conn.in_transaction:
                         report.breach = f"{attack.id} ended the session's transaction"
                         break
         except IsolationBreach as exc:
@@ -119,7 +132,7 @@ def _one(conn, settings: Settings, registry: Registry, attack: Attack, guardrail
     """Run one attack in its own savepoint. Counts: after the attack (on the tickers it touched),
     then, rolled back to the savepoint, the same counts before it."""
     started = time.perf_counter()
-    outcome = AttackOutcome(attack.id, attack.description, attack.kind, attack.targets, "gap")
+    outcome = AttackOutcome(attack.id, attack.description, attack.kind, attack.targets, AttackVerdict.GAP)
     rules = [registry[r] for r in attack.targets if r in registry]
     missing = [r for r in attack.targets if r not in registry]
     savepoint = f"attack_{attack.id}"
@@ -146,11 +159,11 @@ def _one(conn, settings: Settings, registry: Registry, attack: Attack, guardrail
             if applied:
                 outcome.detail = "the session did not refuse it"
             else:
-                outcome.outcome, outcome.detail = "refused", reason
+                outcome.outcome, outcome.detail = AttackVerdict.REFUSED, reason
             return outcome
         if not applied:
             if guardrails:
-                outcome.outcome, outcome.detail = "blocked", reason
+                outcome.outcome, outcome.detail = AttackVerdict.BLOCKED, reason
             else:
                 outcome.detail = f"not applied without guardrails ({reason})"
             return outcome
@@ -167,7 +180,7 @@ def _one(conn, settings: Settings, registry: Registry, attack: Attack, guardrail
         elif undetected:
             outcome.detail = f"applied, not detected by {', '.join(undetected)}"
         else:
-            outcome.outcome = "detected"
+            outcome.outcome = AttackVerdict.DETECTED
             outcome.detail = "detected by " + ", ".join(outcome.detected_by)
         return outcome
     finally:

@@ -13,7 +13,7 @@ _EXPORTS = {
     "Plan": "plan", "Step": "plan", "plan_downgrade": "plan", "plan_upgrade": "plan", "resolve_migration": "plan",
     "RunResult": "runner", "StepResult": "runner", "downgrade": "runner",
     "preview_downgrade": "runner", "upgrade": "runner",
-    "FileState": "state", "read_states": "state", "reconcile": "state",
+    "FileState": "state", "MigrationStatus": "state", "read_states": "state", "reconcile": "state",
     "DatabaseStatus": "status", "StatusReport": "status", "status": "status",
     "Finding": "verify", "VerifyReport": "verify", "expected_schema": "verify", "verify": "verify",
 }

@@ -15,7 +15,7 @@ from ..lock import data_dir_lock
 from .plan import resolve_migration
 from .discovery import Migration
 from .runner import Progress, _quiet, _took_over, _waiting
-from .state import read_states, reconcile, record_event
+from .state import MigrationStatus, read_states, reconcile, record_event
 
 __all__ = ["AcceptResult", "RestoreResult", "accept", "restore"]
 
@@ -71,7 +71,7 @@ def accept(settings: Settings, spec: str, *, migrations: Sequence[Migration], pr
                 history.execute("UPDATE migration_history SET checksum = ? WHERE migration_id = ?",
                                 (migration.checksum, migration.id))
                 record_event(history, migration_id=migration.id, database=migration.database, action="accept",
-                             status="accepted", detail=f"{record.checksum} -> {migration.checksum}\n{diff}", at=time.time())
+                             status=MigrationStatus.ACCEPTED, detail=f"{record.checksum} -> {migration.checksum}\n{diff}", at=time.time())
         finally:
             history.close()
     return AcceptResult(migration.label, migration.database, record.checksum, migration.checksum, diff, reconciled)
@@ -94,7 +94,7 @@ def restore(settings: Settings, spec: str | None, database: str | None, *, migra
                 reconciled = reconcile(history, read_states(settings, DATABASES), migrations)
                 with transaction(history):
                     record_event(history, migration_id="-", database=item.database, action="restore",
-                                 status="restored", detail=f"from {item.path.name}", at=time.time())
+                                 status=MigrationStatus.RESTORED, detail=f"from {item.path.name}", at=time.time())
             finally:
                 history.close()
     return RestoreResult(item, safety, reconciled)

@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backup import Backup, take_backup
-from ..config import DATABASES, Settings
-from ..db import check_file, connect, quick_check, translate_error
+from ..config import DATABASES, HISTORY, Settings
+from ..db import atomic, check_file, connect, quick_check, translate_error
 from ..errors import DatabaseFileError, MigrationFailedError, ToolkitError
 from ..history import open_history
 from ..lock import Holder, data_dir_lock
 from .discovery import Migration, MigrationContext
 from .plan import Plan, Step, plan_downgrade, plan_upgrade
-from .state import FileState, ensure_bookkeeping, read_states, reconcile, record_event, record_history
+from .state import FileState, MigrationStatus, ensure_bookkeeping, read_states, reconcile, record_event, record_history
 
 __all__ = [
     "Progress",
@@ -88,22 +88,47 @@ def _took_over(progress: Progress) -> Callable[[Holder], None]:
     return told
 
 
+def _physical(problems: list[str]) -> list[str]:
+    """quick_check lines that mean damage (a row violating a constraint is not damage)."""
+    return [p for p in problems if "constraint failed" not in p and not p.startswith("NULL value")]
+
+
+def _refuse_damaged(settings: Settings) -> None:
+    """Refuse a data directory in which any file fails ``PRAGMA quick_check``, before anything is
+    changed (ledger reconciliation and backups included).
+
+    Every file of the data directory is checked, not only those the plan touches: a run that migrates
+    around a damaged file, or finds nothing to do, would report success on a data directory that
+    needs a restore first.
+    """
+    for name in (*DATABASES, HISTORY):
+        path = settings.path(name)
+        if not check_file(path, must_exist=False):
+            continue
+        conn = connect(path, readonly=True, busy_timeout=settings.busy_timeout)
+        try:
+            problems = _physical(quick_check(conn))
+        except sqlite3.Error as exc:
+            raise translate_error(exc, path, action="checking it before migrating") from exc
+        finally:
+            conn.close()
+        if problems:
+            raise DatabaseFileError(
+                path, f"is corrupt (quick_check: {problems[0]}); nothing was changed",
+                hint=f"restore a backup with `migrate restore --database {name}` (`migrate restore --list` shows them)",
+            )
+
+
 def _preflight(settings: Settings, plan: Plan) -> dict[str, sqlite3.Connection]:
-    """Open every file the plan touches and refuse damaged or read-only ones before any change."""
+    """Open every file the plan touches, refusing read-only ones, before any change.
+
+    The files' health was checked by :func:`_refuse_damaged` under the same lock."""
     conns: dict[str, sqlite3.Connection] = {}
     try:
         for name in plan.databases:
             path = settings.path(name)
-            existed = check_file(path, must_exist=False, writable=True)
-            conn = connect(path, create=True, busy_timeout=settings.busy_timeout)
-            conns[name] = conn
-            if existed:
-                try:
-                    problems = [p for p in quick_check(conn) if "constraint failed" not in p and not p.startswith("NULL value")]
-                except sqlite3.Error as exc:
-                    raise translate_error(exc, path, action="checking it before migrating") from exc
-                if problems:
-                    raise DatabaseFileError(path, f"is corrupt (quick_check: {problems[0]})", hint="restore a backup with `migrate restore`; nothing was changed")
+            check_file(path, must_exist=False, writable=True)
+            conns[name] = connect(path, create=True, busy_timeout=settings.busy_timeout)
     except BaseException:
         for conn in conns.values():
             conn.close()
@@ -111,21 +136,15 @@ def _preflight(settings: Settings, plan: Plan) -> dict[str, sqlite3.Connection]:
     return conns
 
 
-def _record(history: sqlite3.Connection, migration: Migration, path: Path, status: str, started: float,
+def _record(history: sqlite3.Connection, migration: Migration, path: Path, status: MigrationStatus, started: float,
             duration: float | None, error: str | None, action: str) -> None:
-    history.execute("BEGIN IMMEDIATE")
-    try:
+    with atomic(history):
         record_history(
             history, migration, migration_id=migration.id, name=migration.label, database=migration.database,
             path=path, status=status, at=started, duration=duration, error=error,
         )
         record_event(history, migration_id=migration.id, database=migration.database, action=action,
                      status=status, detail=error, duration=duration, at=started)
-        history.execute("COMMIT")
-    except BaseException:
-        if history.in_transaction:
-            history.execute("ROLLBACK")
-        raise
 
 
 def _run_step(
@@ -178,7 +197,7 @@ def _run_step(
         where = f" at statement `{shown}`" if shown else ""
         error = f"{step.direction} of migration {m.label} failed on database {m.database} ({path}){where}: {reason}"
         try:
-            _record(history, m, path, "failed", started, time.perf_counter() - clock, error, step.direction)
+            _record(history, m, path, MigrationStatus.FAILED, started, time.perf_counter() - clock, error, step.direction)
         except sqlite3.Error:
             pass  # the failure itself is what the user must see
         raise MigrationFailedError(
@@ -188,7 +207,8 @@ def _run_step(
         ) from exc
     duration = time.perf_counter() - clock
     CHECKPOINT[0]("after_file_commit", m)
-    _record(history, m, path, "applied" if step.direction == "upgrade" else "rolled_back", started, duration, None, step.direction)
+    status = MigrationStatus.APPLIED if step.direction == "upgrade" else MigrationStatus.ROLLED_BACK
+    _record(history, m, path, status, started, duration, None, step.direction)
     result.steps.append(StepResult(m.label, m.database, step.direction, duration, list(ctx.statements)))
 
 
@@ -296,6 +316,7 @@ def upgrade(
         settings.path(database)  # validates the name
     result = RunResult("upgrade", dry_run=dry_run)
     if dry_run:
+        _refuse_damaged(settings)
         states = read_states(settings, DATABASES)
         plan = plan_upgrade(migrations, states, target=target, database=database, allow_out_of_order=allow_out_of_order)
         result.notes.extend(plan.notes)
@@ -306,6 +327,7 @@ def upgrade(
     _make_data_dir(settings)
     with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="migrate upgrade",
                        on_wait=_waiting(progress), on_takeover=_took_over(progress)):
+        _refuse_damaged(settings)
         states, history = _states_and_history(settings, migrations, result, create=True)
         try:
             plan = plan_upgrade(migrations, states, target=target, database=database, allow_out_of_order=allow_out_of_order)
@@ -347,6 +369,7 @@ def downgrade(
         plan_downgrade(migrations, read_states(settings, DATABASES), target=target, database=database)
     with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="migrate downgrade",
                        on_wait=_waiting(progress), on_takeover=_took_over(progress)):
+        _refuse_damaged(settings)
         states, history = _states_and_history(settings, migrations, result, create=True)
         try:
             plan = plan_downgrade(migrations, states, target=target, database=database)

@@ -11,17 +11,19 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from ..config import DATABASES, Settings
 from ..backend import backend_for
-from ..db import translate_error
+from ..db import atomic, translate_error
 from ..errors import DatabaseFileError
 from ..history import iso, open_history
 from ..lock import data_dir_lock
 from .discovery import Migration
 
 __all__ = [
+    "MigrationStatus",
     "BOOKKEEPING_DDL",
     "AppliedRecord",
     "FileState",
@@ -61,6 +63,21 @@ BOOKKEEPING_DDL = (
 )
 
 
+class MigrationStatus(StrEnum):
+    """The status of a migration in ``migrations.db``. Members equal their strings, which are what
+    the ledger stores (plain TEXT) and what code reading it compares with.
+
+    ``migration_history`` (one row per migration, its latest status) holds the first three;
+    ``migration_events`` also records the outcome of ``migrate accept`` and ``migrate restore``.
+    """
+
+    APPLIED = "applied"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+    ACCEPTED = "accepted"
+    RESTORED = "restored"
+
+
 @dataclass(frozen=True)
 class AppliedRecord:
     migration_id: str
@@ -75,10 +92,6 @@ class FileState:
     path: Path
     exists: bool
     records: dict[str, AppliedRecord] = field(default_factory=dict)
-
-    @property
-    def applied_ids(self) -> list[str]:
-        return sorted(self.records, key=int)
 
 
 def ensure_bookkeeping(conn: sqlite3.Connection) -> None:
@@ -119,7 +132,7 @@ def record_history(
     name: str,
     database: str,
     path: Path,
-    status: str,
+    status: MigrationStatus,
     at: float,
     duration: float | None = None,
     error: str | None = None,
@@ -157,7 +170,7 @@ def record_event(
     migration_id: str,
     database: str | None,
     action: str,
-    status: str,
+    status: MigrationStatus,
     detail: str | None = None,
     duration: float | None = None,
     at: float | None = None,
@@ -190,31 +203,30 @@ def reconcile(
         for row in history.execute("SELECT migration_id, status, database_name FROM migration_history")
     }
     notes: list[str] = []
-    writes: list[tuple[str, dict]] = []
+    writes: list[tuple[MigrationStatus, dict]] = []
     for state in states.values():
         for mid, record in state.records.items():
             status = ledger.get(mid, (None, None))[0]
-            if status != "applied":
+            if status != MigrationStatus.APPLIED:
                 was = f"ledger said {status}" if status else "missing from the ledger"
                 notes.append(
                     f"{record.name if mid not in by_id else by_id[mid].label} is applied in {state.path.name} "
                     f"but was {was}: recorded as applied"
                 )
-                writes.append(("applied", {"mid": mid, "state": state, "record": record}))
+                writes.append((MigrationStatus.APPLIED, {"mid": mid, "state": state, "record": record}))
     for mid, (status, database) in ledger.items():
-        if status != "applied" or database not in states:
+        if status != MigrationStatus.APPLIED or database not in states:
             continue
         state = states[database]
         if mid not in state.records:
             reason = "the file does not exist" if not state.exists else "the file has no record of it"
             label = by_id[mid].label if mid in by_id else mid
             notes.append(f"{label} was recorded as applied to {state.path.name} but {reason}: recorded as rolled back")
-            writes.append(("rolled_back", {"mid": mid, "state": state, "record": None}))
+            writes.append((MigrationStatus.ROLLED_BACK, {"mid": mid, "state": state, "record": None}))
     if not writes or not write:
         return notes
     now = time.time()
-    history.execute("BEGIN IMMEDIATE")
-    try:
+    with atomic(history):
         for status, item in writes:
             mid, state, record = item["mid"], item["state"], item["record"]
             migration = by_id.get(mid)
@@ -233,11 +245,6 @@ def reconcile(
                 history, migration_id=mid, database=state.name, action="reconcile", status=status,
                 detail="ledger reconciled with the per-file record", at=now,
             )
-        history.execute("COMMIT")
-    except BaseException:
-        if history.in_transaction:
-            history.execute("ROLLBACK")
-        raise
     return notes
 
 

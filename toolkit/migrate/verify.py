@@ -18,7 +18,7 @@ from ..errors import LockTimeoutError, NotInitialisedError
 from ..history import open_history
 from .discovery import Migration, MigrationContext
 from .plan import drifted, unknown_applied
-from .state import FileState, read_states, reconcile_if_free
+from .state import FileState, MigrationStatus, read_states, reconcile_if_free
 
 __all__ = ["Finding", "VerifyReport", "verify", "expected_schema", "live_schema", "schema_differences", "normalize_sql"]
 
@@ -164,12 +164,12 @@ def verify(settings: Settings, *, migrations: Sequence[Migration]) -> VerifyRepo
                     report.findings.append(Finding("checksum", name, m.label, "file changed since it was applied:\n" + _diff(old, m.source, m.path.name)))
             for mid, record in state.records.items():
                 status, db, checksum = ledger.get(mid, (None, None, None))
-                if status != "applied" or db != name:
+                if status != MigrationStatus.APPLIED or db != name:
                     report.findings.append(Finding("ledger", name, mid, f"applied in {state.path.name} but the ledger says {status or 'nothing'} ({db or 'no database'})"))
                 elif checksum and checksum != record.checksum:
                     report.findings.append(Finding("ledger", name, mid, "ledger checksum differs from the checksum recorded in the file"))
             for mid, (status, db, _) in ledger.items():
-                if db == name and status == "applied" and mid not in state.records:
+                if db == name and status == MigrationStatus.APPLIED and mid not in state.records:
                     report.findings.append(Finding("ledger", name, mid, f"the ledger says applied but {state.path.name} has no record of it"))
             expected = expected_schema(migrations, name, list(state.records))
             for subject, detail in schema_differences(expected, live_schema(conn)):
@@ -182,16 +182,40 @@ def verify(settings: Settings, *, migrations: Sequence[Migration]) -> VerifyRepo
     return report
 
 
+def _is_damage(exc: sqlite3.Error) -> bool:
+    """Whether an error reading a file means the file is damaged (not busy, not an I/O hiccup)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return True
+    text = str(exc).lower()
+    return "malformed" in text or "corrupt" in text or "not a database" in text
+
+
+def _pragma_lines(conn: sqlite3.Connection, check: str, read) -> tuple[list, str | None]:
+    """Run one health pragma; a pragma that raises because the file is damaged is a finding, not a
+    crash: returns (rows, why it could not run)."""
+    try:
+        return read(conn), None
+    except sqlite3.DatabaseError as exc:
+        if not _is_damage(exc):
+            raise
+        return [], f"{check} could not complete: {exc}"
+
+
 def _file_health(report: VerifyReport, conn: sqlite3.Connection, name: str, path, *, fk: bool) -> None:
-    problems = quick_check(conn)
+    problems, failed = _pragma_lines(conn, "quick_check", quick_check)
+    if failed:
+        problems = [failed]
     for line in problems[:20]:
         report.findings.append(Finding("quick_check", name, path.name, line))
     report.checked.append({"database": name, "check": "quick_check", "ok": not problems})
     if fk:
-        rows = conn.execute("PRAGMA foreign_key_check").fetchmany(21)
+        rows, failed = _pragma_lines(conn, "foreign_key_check", lambda c: c.execute("PRAGMA foreign_key_check").fetchmany(21))
+        if failed:
+            report.findings.append(Finding("foreign_key_check", name, path.name, failed))
         for table, rowid, parent, _ in rows[:20]:
             report.findings.append(Finding("foreign_key_check", name, f"{table} rowid {rowid}", f"references a missing row of {parent}"))
-        report.checked.append({"database": name, "check": "foreign_key_check", "ok": not rows})
+        report.checked.append({"database": name, "check": "foreign_key_check", "ok": not rows and not failed})
     mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     if str(mode).lower() != "wal":
         report.findings.append(Finding("journal_mode", name, path.name, f"journal mode is {mode}, expected wal"))

@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from ..config import DATABASES, Settings
 from ..backend import backend_for
@@ -19,7 +20,7 @@ from ..errors import NotInitialisedError
 from .model import CheckContext, Rule, Scan, Severity, Violation
 from .registry import Registry
 
-__all__ = ["RuleResult", "CheckReport", "run_checks", "sql_violations", "physical_problems", "new_run_id"]
+__all__ = ["RuleStatus", "RuleResult", "CheckReport", "run_checks", "sql_violations", "physical_problems", "new_run_id"]
 
 _CONSTRAINT_LINES = ("CHECK constraint failed", "NULL value in", "NOT NULL constraint failed")
 
@@ -33,10 +34,20 @@ def new_run_id(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
 
 
+class RuleStatus(StrEnum):
+    """How a rule's run ended. Members equal their strings (``RuleStatus.FAILED == "failed"``) and
+    render as them in JSON, JUnit, SARIF and the run history."""
+
+    PASSED = "passed"     # ran, found nothing (beyond the baseline)
+    FAILED = "failed"     # ran, found violations
+    ERROR = "error"       # raised while running
+    SKIPPED = "skipped"   # not run: its file fails quick_check or lacks the tables it reads
+
+
 @dataclass
 class RuleResult:
     rule: Rule
-    status: str = "passed"            # passed | failed | error | skipped
+    status: RuleStatus = RuleStatus.PASSED
     count: int = 0                    # violations not accepted by the baseline
     baselined: int = 0                # violations the baseline accepts
     samples: list[Violation] = field(default_factory=list)
@@ -45,13 +56,17 @@ class RuleResult:
     seconds: float = 0.0
     fingerprints: list[str] | None = None
 
+    def __post_init__(self) -> None:
+        self.status = RuleStatus(self.status)
+
     @property
     def blocking_severity(self) -> Severity:
         """Errors and skips weigh as CRITICAL for the gate."""
-        return Severity.CRITICAL if self.status in ("error", "skipped") else self.rule.severity
+        return Severity.CRITICAL if self.status in (RuleStatus.ERROR, RuleStatus.SKIPPED) else self.rule.severity
 
     def blocks(self, fail_on: Severity) -> bool:
-        return self.status in ("error", "skipped") or (self.status == "failed" and self.rule.severity >= fail_on)
+        return (self.status in (RuleStatus.ERROR, RuleStatus.SKIPPED)
+                or (self.status == RuleStatus.FAILED and self.rule.severity >= fail_on))
 
 
 @dataclass
@@ -199,7 +214,7 @@ def _run_one(ctx: CheckContext, item: Rule, result: RuleResult, collector: _Coll
         for violation in produced:
             collector.add(violation)
     except Exception as exc:
-        result.status, result.error = "error", _describe(exc)
+        result.status, result.error = RuleStatus.ERROR, _describe(exc)
     result.seconds = time.perf_counter() - started
 
 
@@ -211,7 +226,7 @@ def _run_scan(ctx: CheckContext, scan: Scan, members: dict[str, Rule], results: 
             collectors[violation.rule_id].add(violation)
     except Exception as exc:
         for rule_id in members:
-            results[rule_id].status, results[rule_id].error = "error", _describe(exc)
+            results[rule_id].status, results[rule_id].error = RuleStatus.ERROR, _describe(exc)
     for rule_id in members:
         results[rule_id].seconds = time.perf_counter() - started
 
@@ -243,7 +258,7 @@ def execute_rules(
     for item in rules:
         reason = _missing_tables(ctx, item) if item.sound_files_only else None
         if reason is not None:
-            results[item.id].status, results[item.id].reason = "skipped", reason
+            results[item.id].status, results[item.id].reason = RuleStatus.SKIPPED, reason
         else:
             runnable.append(item)
     scans: dict[str, tuple[Scan, dict[str, Rule]]] = {}
@@ -258,7 +273,7 @@ def execute_rules(
         for position, item in enumerate(others, 1):
             reason = next((damaged[d] for d in item.databases if d in damaged), None) if item.sound_files_only else None
             if reason is not None:
-                results[item.id].status, results[item.id].reason = "skipped", reason
+                results[item.id].status, results[item.id].reason = RuleStatus.SKIPPED, reason
                 continue
             on.say(f"[{position}/{len(others)}] {item.id}")
             _run_one(on, item, results[item.id], collectors[item.id])
@@ -295,22 +310,22 @@ def execute_rules(
             for item in members.values():
                 reason = next((damaged[d] for d in item.databases if d in damaged), None)  # type: ignore[index]
                 if reason is not None:
-                    results[item.id] = RuleResult(item, status="skipped", reason=reason)
+                    results[item.id] = RuleResult(item, status=RuleStatus.SKIPPED, reason=reason)
     else:
         damaged = _file_state(ctx, databases) if precheck else {}
         for scan, members in scans.values():
             blocked = {i: next((damaged[d] for d in r.databases if d in damaged), None) for i, r in members.items()}
             for rule_id, reason in blocked.items():
                 if reason is not None:
-                    results[rule_id].status, results[rule_id].reason = "skipped", reason
+                    results[rule_id].status, results[rule_id].reason = RuleStatus.SKIPPED, reason
             live = {i: r for i, r in members.items() if blocked[i] is None}
             if live:
                 ctx.say(f"{scan.name} scan ({', '.join(live)})")
                 _run_scan(ctx, scan, live, results, collectors)
         other_rules(ctx, damaged)
     for result in results.values():
-        if result.status == "passed" and result.count:
-            result.status = "failed"
+        if result.status == RuleStatus.PASSED and result.count:
+            result.status = RuleStatus.FAILED
     return [results[r.id] for r in rules]
 
 
