@@ -1,16 +1,26 @@
-"""What a single value of the ledger may be: a plausible ticker, a finite positive price, a run id.
+"""What a single value of the ledger may be: a plausible ticker, a finite positive price, a run id;
+and the row invariants that protect it (:class:`Guard`), the ledger's own among them.
 
 One definition shared by the trade writer (refuses), the guarded connection (refuses: the ledger's
-own row guards, :data:`LEDGER_GUARDS`) and the ``trade_row_invalid`` rule (detects).
+own row guards, :data:`LEDGER_GUARDS`, and that ledger rows are never deleted, :data:`NO_DELETE`)
+and the ``trade_row_invalid`` rule (detects).
+
+Guards are values. The rule that detects a breach declares the guard that prevents it (its
+``rule_id``), and whoever opens a guarded connection chooses which to install: the trade writer only
+the ledger's, the adversarial harness and the pytest fixture the whole catalogue's.
 """
 from __future__ import annotations
 
 import math
 import re
 
-from .guard.model import Guard
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
+    "Guard",
+    "NO_DELETE",
     "LEDGER_GUARDS",
     "OPENING_LEG_GUARD",
     "RUN_ID_GUARD",
@@ -36,6 +46,33 @@ _TICKER = re.compile(TICKER_PATTERN)
 def is_plausible_ticker(value: object) -> bool:
     # fullmatch: with match(), "$" also matches before a trailing newline, so "AAPL\n" passed
     return isinstance(value, str) and _TICKER.fullmatch(value) is not None
+
+
+#: Ledger rows are never deleted, not even by trusted code (the writer, repairs).
+NO_DELETE = frozenset({("trading", "trades"), ("trading", "lot_matches"), ("trading", "account_adjustments")})
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A TEMP trigger ``BEFORE <event> ON <table> WHEN <when>`` that aborts the statement.
+
+    ``when`` may use ``{tolerance}`` (the tolerance configured for ``rule_id``, else
+    ``default_tolerance``, else the global one) and the SQL functions in ``functions`` (name ->
+    Python callable, registered on the guarded connection).
+    """
+
+    table: str                       # "trading.portfolio_snapshots"
+    events: tuple[str, ...]          # ("INSERT", "UPDATE OF total_equity, cash_balance")
+    when: str
+    reason: str
+    functions: Mapping[str, Callable[..., Any]] = field(default_factory=dict, hash=False, compare=False)
+    #: The rule that reports a breach of this invariant (names the trigger, the message, the tolerance).
+    rule_id: str = ""
+    default_tolerance: float | None = None
+
+    @property
+    def database(self) -> str:
+        return self.table.split(".", 1)[0]
 
 
 #: An opening leg never carries realized P&L (``opening_leg_with_pnl`` reports a breach).

@@ -17,8 +17,7 @@ from typing import Any
 from ..backup import Backup, take_backup
 from ..config import DATABASES
 from ..db import atomic, check_file, connect, open_databases, quick_check, quote_ident
-from ..guard.model import Guard
-from ..guard.policy import NO_DELETE
+from ..domain import NO_DELETE, Guard
 from ..history import open_history
 from ..lock import Holder, data_dir_lock
 from .base import Backend, MigrationRecord

@@ -1,6 +1,6 @@
 """Guardrails for a bot's connection, the rollback-only session, and the adversarial harness.
 
-Imported lazily: ``toolkit.guard.model`` (the :class:`Guard` value) costs nothing more.
+Imported lazily. The :class:`Guard` value itself is ``toolkit.domain.Guard``.
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Guard": "toolkit.guard.model",
+    "Guard": "toolkit.domain",
     "GuardedConnection": "toolkit.guard.connection",
     "connect_guarded": "toolkit.guard.connection",
     "rollback_only": "toolkit.guard.connection",

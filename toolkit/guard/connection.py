@@ -6,7 +6,7 @@ Guardrails (``connect_guarded``):
   allowlist; no ATTACH/DETACH (so no VACUUM); no DDL; the trade ledger and the positions projection
   are written only inside ``conn.trusted(...)`` (the trade writer, repairs), and even there ledger
   rows are never deleted and executed columns never updated;
-- row-level invariants as TEMP triggers (:class:`~toolkit.guard.model.Guard`): the ledger's own by
+- row-level invariants as TEMP triggers (:class:`~toolkit.domain.Guard`): the ledger's own by
   default (an opening leg with P&L, a trade without run id or with an implausible ticker), and
   whatever else the caller passes — the integrity rules declare one for each breach they detect
   (equity that is not cash + long − short, order fields that disagree with fills, unsafe Q-table
@@ -37,7 +37,7 @@ from ..backend import backend_for
 from ..db import open_databases, table_hashes
 from ..domain import LEDGER_GUARDS
 from ..errors import GuardrailViolation, IsolationBreach, ToolkitError
-from .model import Guard
+from ..domain import Guard
 from .policy import guard_decision, session_decision
 
 __all__ = ["GuardedConnection", "connect_guarded", "rollback_only", "SESSION_SAVEPOINT", "SessionConnectionClosed"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from ..domain import NO_DELETE
+
 __all__ = [
     "LEDGER_TABLES",
     "PROJECTION_TABLES",
@@ -27,7 +29,6 @@ LEDGER_TABLES = frozenset({("trading", "trades"), ("trading", "lot_matches"), ("
 #: positions.db projects the ledger: written only by the trade writer and by repairs.
 PROJECTION_TABLES = frozenset({("positions", "positions"), ("positions", "closed_positions")})
 #: Ledger rows are never deleted, not even by trusted code.
-NO_DELETE = frozenset({("trading", "trades"), ("trading", "lot_matches"), ("trading", "account_adjustments")})
 #: What a trade executed at is history: never updated, not even by trusted code.
 EXECUTED_COLUMNS = frozenset({"trade_id", "run_id", "ticker", "action", "quantity", "price", "commission",
                               "executed_at", "is_close"})

@@ -19,7 +19,7 @@ from ..config import DATABASES, Settings
 from ..backend import backend_for
 from ..backend.base import Backend
 from ..errors import RuleDefinitionError
-from ..guard.model import Guard
+from ..domain import Guard
 
 #: A rule's repair: ``plan(ctx, rule, violations)`` yields ``toolkit.repair.model.Change`` or
 #: ``Untouched`` items (see there); the repair engine writes, verifies and journals them.

@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import RuleDefinitionError, UnknownNameError
-from ..guard.model import Guard
+from ..domain import Guard
 from .model import Rule
 
 __all__ = ["ENTRY_POINT_GROUP", "Registry", "plugin_rules", "directory_rules", "rules_in"]
