@@ -16,10 +16,12 @@ _EXPORTS = {
     "load_settings": "toolkit.config",
     "connect": "toolkit.db",
     "open_databases": "toolkit.db",
+    "atomic": "toolkit.db",
     "transaction": "toolkit.db",
     "savepoint": "toolkit.db",
     "content_hash": "toolkit.db",
     "ToolkitError": "toolkit.errors",
+    "backend_for": "toolkit.backend",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

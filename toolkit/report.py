@@ -45,7 +45,7 @@ def _detail(result: RuleResult) -> str:
     return result.rule.description
 
 
-def _summary(report: CheckReport) -> str:
+def summary(report: CheckReport) -> str:
     blocking = report.blocking
     verdict = "FAILED" if blocking else "passed"
     counts = {s: sum(1 for r in report.results if r.status == s) for s in ("failed", "error", "skipped")}
@@ -70,7 +70,7 @@ def render_table(report: CheckReport) -> str:
                                for v in result.samples],
                               headers=["key", "stored", "computed", "difference", "tolerance", "message"],
                               tablefmt="simple", disable_numparse=True))
-    parts.append("\n" + _summary(report))
+    parts.append("\n" + summary(report))
     return "\n".join(parts)
 
 

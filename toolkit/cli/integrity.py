@@ -57,26 +57,26 @@ def integrity_check(ctx: click.Context, rule_ids: tuple[str, ...], fail_on: str,
     Exit codes: 0 nothing at or above --fail-on, 1 violations (or a rule errored or was
     skipped), 3 runtime error. Every run is recorded (see `integrity history`).
     """
-    from ..report import render
+    from ..outputs import refuse_output_over_input, write_text_atomic
+    from ..report import render, summary
     from ..rules.baseline import load_baseline
+    from ..rules.history import record_check_run
     from ..rules.model import Severity
     from ..rules.runner import run_checks
 
     settings = _settings(ctx)
+    if output is not None:
+        refuse_output_over_input(settings, output, "--output")
     accepted = load_baseline(baseline) if baseline is not None else None
     report = run_checks(settings, rule_ids=list(rule_ids) or None, registry=_registry(settings),
                         fail_on=Severity[fail_on.upper()], sample=sample,
                         accepted=accepted.fingerprints if accepted else None,
                         baseline_name=str(baseline) if baseline else None, progress=_progress())
-    from ..rules.history import record_check_run
-
     record_check_run(settings, report)
     text = render(report, fmt)
     if output is not None:
-        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-        from ..report import _summary
-
-        _echo_err(f"{fmt} report written to {output}; {_summary(report)}")
+        write_text_atomic(output, text if text.endswith("\n") else text + "\n")
+        _echo_err(f"{fmt} report written to {output}; {summary(report)}")
     else:
         click.echo(text)
     return report.exit_code
@@ -110,10 +110,12 @@ def integrity_baseline() -> None:
 @click.pass_context
 def integrity_baseline_create(ctx: click.Context, file: Path, rule_ids: tuple[str, ...]) -> int:
     """Write FILE accepting every current violation (fingerprint: rule id + natural key)."""
+    from ..outputs import refuse_output_over_input
     from ..rules.baseline import write_baseline
     from ..rules.runner import run_checks
 
     settings = _settings(ctx)
+    refuse_output_over_input(settings, file, "baseline file")
     report = run_checks(settings, rule_ids=list(rule_ids) or None, registry=_registry(settings), sample=0,
                         collect=True, progress=_progress())
     count = write_baseline(file, report)
