@@ -88,14 +88,66 @@ def _read_pyproject(cwd: Path) -> dict[str, Any]:
     return {str(k).replace("_", "-"): v for k, v in section.items()}
 
 
-def _number(name: str, value: Any, kind: type, source: str) -> Any:
+#: Allowed ranges of the numeric settings: (kind, lowest, highest). A value outside — or not finite —
+#: would disable a check or wait forever, so it is an error, never a preference.
+_RANGES: dict[str, tuple[type, float, float]] = {
+    "busy-timeout": (float, 0.0, 86_400.0),
+    "lock-timeout": (float, 0.0, 86_400.0),
+    "backup-retention": (int, 1, 10_000),
+    "tolerance": (float, 0.0, 1_000_000.0),
+}
+
+
+def _number(name: str, value: Any, kind: type, source: str, *, low: float | None = None, high: float | None = None) -> Any:
+    """A finite number of the right kind within [low, high], or a UsageError naming the setting and
+    where it came from."""
+    import math
+
+    if name in _RANGES:
+        kind, default_low, default_high = _RANGES[name]
+        low = default_low if low is None else low
+        high = default_high if high is None else high
+    where = f" (from {source})"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UsageError(f"{name} must be a number, got {value!r}{where}")
     try:
-        result = kind(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{name} must be a number, got {value!r} (from {source})") from None
-    if result < 0:
-        raise UsageError(f"{name} must not be negative, got {value!r} (from {source})")
-    return result
+        raise UsageError(f"{name} must be a number, got {value!r}{where}") from None
+    if not math.isfinite(number):
+        raise UsageError(f"{name} must be a finite number, got {value!r}{where}")
+    if kind is int and not number.is_integer():
+        raise UsageError(f"{name} must be a whole number, got {value!r}{where}")
+    if low is not None and number < low or high is not None and number > high:
+        raise UsageError(f"{name} must be between {low:g} and {high:g}, got {value!r}{where}")
+    return int(number) if kind is int else number
+
+
+def _paths(name: str, value: Any, source: str) -> tuple[str, ...]:
+    """A path or a list of paths (strings), or a UsageError naming the setting."""
+    if value in (None, "", ()):
+        return ()
+    items = [value] if isinstance(value, (str, os.PathLike)) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, (str, os.PathLike)) and str(i).strip() for i in items):
+        raise UsageError(f"{name} must be a path or a list of paths, got {value!r} (from {source})")
+    if any("\x00" in str(i) for i in items):
+        raise UsageError(f"{name} must not contain a NUL character (from {source})")
+    return tuple(str(i) for i in items)
+
+
+def _rule_options(value: Any, source: str) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, dict):
+        raise UsageError(f"[tool.toolkit.rules] must be a table of rule id -> options (from {source})")
+    options: dict[str, dict[str, Any]] = {}
+    for rule_id, table in value.items():
+        if not isinstance(table, dict):
+            raise UsageError(f"[tool.toolkit.rules.{rule_id}] must be a table of options, got {table!r} (from {source})")
+        checked = dict(table)
+        if "tolerance" in checked:
+            checked["tolerance"] = _number(f"[tool.toolkit.rules.{rule_id}] tolerance", checked["tolerance"], float,
+                                           source, low=0.0, high=_RANGES["tolerance"][2])
+        options[str(rule_id)] = checked
+    return options
 
 
 def load_settings(
@@ -121,6 +173,8 @@ def load_settings(
             return project[key], "pyproject.toml"
         return _DEFAULTS[key], "default"
 
+    if "data-dir" in project and not isinstance(project["data-dir"], str):
+        raise UsageError(f"data-dir must be a path, got {project['data-dir']!r} (from pyproject.toml)")
     if data_dir is not None:
         chosen, source = str(data_dir), "option"
     elif env.get(_ENV_DATA_DIR):
@@ -134,6 +188,8 @@ def load_settings(
         directory = base / directory
 
     prefix = env.get(_ENV_PREFIX, project.get("db-path-prefix", ""))
+    if not isinstance(prefix, str):
+        raise UsageError(f"db-path-prefix must be a file-name prefix, got {prefix!r} (from pyproject.toml)")
     if prefix and (os.sep in prefix or (os.altsep and os.altsep in prefix)):
         raise UsageError(f"{_ENV_PREFIX} must be a file-name prefix, not a path: {prefix!r}")
 
@@ -143,19 +199,11 @@ def load_settings(
     tol, tol_src = pick("tolerance")
 
     def dirs(key: str) -> tuple[Path, ...]:
-        value, _ = pick(key)
-        if value in (None, "", ()):
-            return ()
-        items = [value] if isinstance(value, (str, os.PathLike)) else list(value)
-        return tuple(p if p.is_absolute() else base / p for p in (Path(str(i)) for i in items))
+        value, source = pick(key)
+        return tuple(p if p.is_absolute() else base / p for p in (Path(i) for i in _paths(key, value, source)))
 
-    rule_options = project.get("rules", {})
-    if not isinstance(rule_options, dict):
-        raise UsageError("[tool.toolkit.rules] must be a table of rule id -> options")
-
+    rule_options = _rule_options(project.get("rules", {}), "pyproject.toml")
     keep_n = _number("backup-retention", keep, int, keep_src)
-    if keep_n < 1:
-        raise UsageError(f"backup-retention must be at least 1, got {keep!r} (from {keep_src})")
     return Settings(
         data_dir=directory,
         data_dir_source=source,
@@ -166,5 +214,5 @@ def load_settings(
         migrations_dirs=dirs("migrations-dir"),
         checks_dirs=dirs("checks-dir"),
         tolerance=_number("tolerance", tol, float, tol_src),
-        rule_options={str(k): dict(v) for k, v in rule_options.items() if isinstance(v, dict)},
+        rule_options=rule_options,
     )
