@@ -55,12 +55,20 @@ def check_file(path: Path, *, must_exist: bool = True, writable: bool = False) -
 
     Returns whether the file exists.
     """
-    if path.is_dir():
-        raise DatabaseFileError(path, "is a directory, not a database file", hint="point --data-dir at the directory that holds it")
-    if not path.exists():
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
         if must_exist:
-            raise DatabaseFileError(path, "does not exist", hint="run `migrate upgrade` to create the databases")
+            raise DatabaseFileError(path, "does not exist", hint="run `migrate upgrade` to create the databases") from None
         return False
+    except OSError as exc:
+        raise DatabaseFileError(path, f"cannot be examined ({exc.strerror or exc})", hint="check the path and its permissions") from exc
+    if stat.S_ISDIR(mode):
+        raise DatabaseFileError(path, "is a directory, not a database file", hint="point --data-dir at the directory that holds it")
+    if not stat.S_ISREG(mode):
+        # SQLite would block forever opening a FIFO, or read a device: refuse before it touches it.
+        raise DatabaseFileError(path, "is not a regular file (a FIFO, a socket or a device)",
+                                hint="move it aside; a database is a regular file")
     if writable and is_read_only(path):
         raise DatabaseFileError(path, "is read-only", hint="make it writable (chmod u+w) and run the command again")
     return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import threading
 import time
@@ -73,6 +74,8 @@ class Holder:
 
 def read_holder(path: Path) -> Holder | None:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None  # never open a FIFO for reading: it would block
         raw = path.read_text(encoding="utf-8").strip()
         if not raw:
             return None
@@ -117,8 +120,13 @@ def data_dir_lock(
 
     if not path.parent.is_dir():
         raise NotInitialisedError(f"{path.parent}: data directory does not exist", hint="run `migrate upgrade` first")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    # O_NONBLOCK: opening a FIFO someone put in the lock file's place must not hang; fstat refuses it.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise LockTimeoutError(f"{path}: the lock file is not a regular file (a FIFO or a device)",
+                                   hint="move it aside; the toolkit recreates it")
+        os.set_blocking(fd, True)
         waiting_since = time.monotonic()
         deadline = waiting_since + timeout
         told = False
