@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 
 from .config import ALL_FILES, Settings
-from .errors import UsageError
+from .errors import ToolkitError, UsageError
 
 __all__ = ["refuse_output_over_input", "write_text_atomic"]
 
@@ -53,5 +53,8 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         temporary.write_text(text, encoding="utf-8")
         temporary.replace(target)
+    except OSError as exc:
+        raise ToolkitError(f"{target}: cannot be written ({exc.strerror or exc}); nothing was written there",
+                           hint="check that its directory exists, is writable and has room") from exc
     finally:
         temporary.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +12,8 @@ from . import __version__
 from .rules.model import Severity, Violation
 from .rules.runner import CheckReport, RuleResult
 
-__all__ = ["FORMATS", "JSON_SCHEMA_VERSION", "render", "to_json_data", "render_plan", "render_repair", "plan_data"]
+__all__ = ["FORMATS", "JSON_SCHEMA_VERSION", "render", "to_json_data", "render_plan", "render_repair", "plan_data", "printable",
+           "summary"]
 
 JSON_SCHEMA_VERSION = 1
 TOOL_NAME = "paper-ledger-toolkit"
@@ -19,16 +21,34 @@ TOOL_URI = "https://pypi.org/project/paper-ledger-toolkit/"
 _SARIF_LEVEL = {Severity.CRITICAL: "error", Severity.HIGH: "error", Severity.MEDIUM: "warning", Severity.LOW: "note"}
 
 
+#: Characters that could forge or hide output: C0/C1 controls (newlines, terminal escapes), line
+#: and paragraph separators, bidirectional overrides.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: Any, limit: int = 200) -> str:
+    """Stored text as it may be shown: every control character escaped (``\\x0a``), and cut at
+    ``limit`` characters with its length shown — a value can neither forge a line nor flood a report."""
+    text = value if isinstance(value, str) else str(value)
+    text = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.6g}" if abs(value) < 1e6 else f"{value:,.2f}"
-    return str(value)
+    return printable(value, 60)
 
 
-def _key(violation: Violation) -> str:
-    return ", ".join(f"{k}={v}" for k, v in violation.key.items())
+def _key(violation: Violation, limit: int = 80) -> str:
+    return printable(", ".join(f"{k}={printable(v, limit)}" for k, v in violation.key.items()), 2 * limit)
+
+
+def _md(text: str) -> str:
+    """Printable text that cannot break a Markdown table or open HTML."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _outcome(result: RuleResult, report: CheckReport) -> str:
@@ -39,9 +59,9 @@ def _outcome(result: RuleResult, report: CheckReport) -> str:
 
 def _detail(result: RuleResult) -> str:
     if result.status == "error":
-        return f"error: {result.error}"
+        return printable(f"error: {result.error}")
     if result.status == "skipped":
-        return f"skipped: {result.reason}"
+        return printable(f"skipped: {result.reason}")
     return result.rule.description
 
 
@@ -66,7 +86,7 @@ def render_table(report: CheckReport) -> str:
             continue
         shown = len(result.samples)
         parts.append(f"\n{result.rule.id}: {result.count} violation(s)" + (f", first {shown}" if shown < result.count else ""))
-        parts.append(tabulate([[_key(v), _fmt(v.stored), _fmt(v.computed), _fmt(v.difference), _fmt(v.tolerance), v.message[:110]]
+        parts.append(tabulate([[_key(v), _fmt(v.stored), _fmt(v.computed), _fmt(v.difference), _fmt(v.tolerance), printable(v.message, 110)]
                                for v in result.samples],
                               headers=["key", "stored", "computed", "difference", "tolerance", "message"],
                               tablefmt="simple", disable_numparse=True))
@@ -106,11 +126,24 @@ def to_json_data(report: CheckReport) -> dict[str, Any]:
                 "error": r.error,
                 "skipped_reason": r.reason,
                 "duration_seconds": round(r.seconds, 4),
-                "samples": [dict(v.to_dict(), fingerprint=v.fingerprint) for v in r.samples],
+                "samples": [_bounded(dict(v.to_dict(), fingerprint=v.fingerprint)) for v in r.samples],
             }
             for r in report.results
         ],
     }
+
+
+def _bounded(sample: dict[str, Any], limit: int = 1000) -> dict[str, Any]:
+    """A JSON sample with no string longer than ``limit`` (JSON escapes controls itself); the
+    fingerprint, which identifies the violation, is kept whole."""
+    def cut(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > limit:
+            return f"{value[:limit]}... ({len(value):,} characters)"
+        if isinstance(value, dict):
+            return {k: cut(v) for k, v in value.items()}
+        return value
+
+    return {k: (v if k == "fingerprint" else cut(v)) for k, v in sample.items()}
 
 
 def render_json(report: CheckReport) -> str:
@@ -132,12 +165,13 @@ def render_junit(report: CheckReport) -> str:
     for result in report.results:
         case = ET.SubElement(suite, "testcase", classname=f"integrity.{result.rule.severity.name}",
                              name=result.rule.id, time=f"{result.seconds:.3f}")
-        lines = [f"{_key(v)}: {v.message}" for v in result.samples]
+        lines = [f"{_key(v)}: {printable(v.message)}" for v in result.samples]
         body = "\n".join(lines + ([f"... and {result.count - len(lines)} more"] if result.count > len(lines) else []))
         if result.status == "error":
-            ET.SubElement(case, "error", message=str(result.error), type="RuleError").text = result.error
+            ET.SubElement(case, "error", message=printable(result.error), type="RuleError").text = printable(result.error, 2000)
         elif result.status == "skipped":
-            ET.SubElement(case, "error", message=f"skipped: {result.reason}", type="RuleSkipped").text = result.reason
+            ET.SubElement(case, "error", message=printable(f"skipped: {result.reason}"),
+                          type="RuleSkipped").text = printable(result.reason, 2000)
         elif result.status == "failed" and result.blocks(report.fail_on):
             ET.SubElement(case, "failure", message=f"{result.count} violation(s): {result.rule.description}",
                           type=result.rule.severity.name).text = body
@@ -148,7 +182,7 @@ def render_junit(report: CheckReport) -> str:
 
 def _location(result: RuleResult, violation: Violation) -> dict[str, Any]:
     database = violation.key.get("database") or result.rule.databases[0]
-    key = ", ".join(f"{k}={v}" for k, v in violation.key.items() if k != "database")
+    key = printable(", ".join(f"{k}={printable(v, 200)}" for k, v in violation.key.items() if k != "database"), 1000)
     return {
         "physicalLocation": {"artifactLocation": {"uri": f"{database}.db", "uriBaseId": "DATADIR"}},
         "logicalLocations": [{"name": key or database, "fullyQualifiedName": f"{database}:{result.rule.id}[{key}]",
@@ -178,7 +212,7 @@ def render_sarif(report: CheckReport) -> str:
                 "ruleId": result.rule.id,
                 "ruleIndex": index[result.rule.id],
                 "level": _SARIF_LEVEL[result.rule.severity],
-                "message": {"text": violation.message or result.rule.description},
+                "message": {"text": printable(violation.message, 1000) or result.rule.description},
                 "locations": [_location(result, violation)],
                 "partialFingerprints": {"toolkitViolation/v1": violation.fingerprint},
             }
@@ -189,7 +223,7 @@ def render_sarif(report: CheckReport) -> str:
         if result.status in ("error", "skipped"):
             notifications.append({
                 "level": "error",
-                "message": {"text": f"{result.rule.id} {result.status}: {result.error or result.reason}"},
+                "message": {"text": printable(f"{result.rule.id} {result.status}: {result.error or result.reason}", 1000)},
                 # `descriptor` would index tool.driver.notifications; the rule is the associatedRule
                 "associatedRule": {"id": result.rule.id, "index": index[result.rule.id]},
             })
@@ -227,13 +261,14 @@ def render_markdown(report: CheckReport) -> str:
     lines = [f"## Integrity check {verdict}", "",
              f"`{report.run_id}` · fail-on **{report.fail_on.name}** · {report.violations} violation(s) · {report.seconds:.2f} s", ""]
     lines.append(tabulate([[_outcome(r, report), f"`{r.rule.id}`", r.rule.severity.name, r.count, r.baselined or "",
-                            _detail(r).replace("|", "\\|")] for r in report.results],
+                            _md(_detail(r))] for r in report.results],
                           headers=["", "rule", "severity", "count", "baselined", "description"], tablefmt="github",
                           disable_numparse=True))
     for result in report.results:
         if result.samples:
             lines += ["", f"<details><summary><code>{result.rule.id}</code>: {result.count} violation(s)</summary>", ""]
-            lines.append(tabulate([[_key(v), _fmt(v.stored), _fmt(v.computed), _fmt(v.difference), v.message.replace("|", "\\|")]
+            lines.append(tabulate([[_md(_key(v)), _md(_fmt(v.stored)), _md(_fmt(v.computed)), _fmt(v.difference),
+                                    _md(printable(v.message))]
                                    for v in result.samples],
                                   headers=["key", "stored", "computed", "difference", "message"], tablefmt="github",
                                   disable_numparse=True))
@@ -286,7 +321,7 @@ def _repair_table(plan: Any, sample_changes: bool) -> list[str]:
     from tabulate import tabulate
 
     rows = [[r.rule.id, r.status, r.violations, r.changes.get("update", 0), r.changes.get("insert", 0),
-             r.changes.get("delete", 0), r.untouched, (getattr(r, "rolled_back", None) or r.reason or "")[:80]]
+             r.changes.get("delete", 0), r.untouched, printable(getattr(r, "rolled_back", None) or r.reason or "", 80)]
             for r in plan.rules if r.status != "nothing"]
     if not rows:
         return ["nothing to repair: every rule is clean"]
@@ -300,7 +335,8 @@ def _repair_table(plan: Any, sample_changes: bool) -> list[str]:
             lines += [f"  {c.describe()}" for c in r.samples]
             if r.total_changes > len(r.samples):
                 lines.append(f"  ... and {r.total_changes - len(r.samples)} more change(s)")
-            lines += [f"  will not touch {', '.join(f'{k}={v}' for k, v in u.key.items())}: {u.reason}" for u in r.untouched_samples]
+            lines += [f"  will not touch {printable(', '.join(f'{k}={printable(v, 80)}' for k, v in u.key.items()))}: "
+                      f"{printable(u.reason)}" for u in r.untouched_samples]
     return lines
 
 

@@ -50,9 +50,19 @@ class Severity(enum.IntEnum):
                 f"unknown severity {value!r}", hint="use CRITICAL, HIGH, MEDIUM or LOW") from None
 
 
+#: A natural key longer than this (in its canonical JSON) is fingerprinted by its SHA-256 instead.
+FINGERPRINT_KEY_LIMIT = 512
+
+
 def fingerprint(rule_id: str, key: Mapping[str, Any]) -> str:
-    """A violation's identity: the rule id and its natural key — never amounts."""
-    return rule_id + ":" + json.dumps(dict(key), sort_keys=True, separators=(",", ":"), default=str)
+    """A violation's identity: the rule id and its natural key — never amounts. A huge key (a stored
+    Q-table state, say) is identified by its SHA-256, so no report or baseline carries it whole."""
+    text = json.dumps(dict(key), sort_keys=True, separators=(",", ":"), default=str)
+    if len(text) > FINGERPRINT_KEY_LIMIT:
+        import hashlib
+
+        text = "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return rule_id + ":" + text
 
 
 @dataclass(frozen=True)
