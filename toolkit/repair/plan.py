@@ -289,6 +289,17 @@ def _plan_rule(ctx: CheckContext, rule: Rule, store: ChangeStore, violations: It
             continue
         if (item.database, item.table) in LEDGER_TABLES and item.op == "delete":
             raise LedgerError(f"{rule.id}: a repair tried to delete a ledger row ({item.database}.{item.table} {item.key})")
+        bad = _not_finite(item.after)
+        if bad is not None:
+            # Never write a non-finite amount: the row the value was computed from holds one.
+            untouched = Untouched(rule.id, item.repairs or item.key,
+                                  f"{item.database}.{item.table} {item.key}: the computed {bad} is not a finite number "
+                                  "(a row it is computed from holds one); fix that row by hand")
+            plan.untouched += 1
+            store.add_untouched(rule.id, untouched.key)
+            if len(plan.untouched_samples) < sample:
+                plan.untouched_samples.append(untouched)
+            continue
         live = None
         if item.op != "insert":
             live = read_row(ctx.conn, item.database, item.table, item.key, item.after or () if item.op == "update" else ())
@@ -303,6 +314,16 @@ def _plan_rule(ctx: CheckContext, rule: Rule, store: ChangeStore, violations: It
         if not plan.total_changes and plan.untouched:
             plan.status, plan.reason = PlanStatus.NOT_REPAIRABLE, "every violation needs a hand fix (see untouched)"
     return plan
+
+
+def _not_finite(values: dict[str, Any] | None) -> str | None:
+    """The first column whose new value is a non-finite number (NaN, ±inf), as ``column=value``."""
+    import math
+
+    for column, value in (values or {}).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{column}={value!r}"
+    return None
 
 
 def reader(settings: Settings) -> Callable[[], sqlite3.Connection]:
