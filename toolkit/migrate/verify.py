@@ -89,11 +89,16 @@ def normalize_sql(sql: str | None) -> str:
         return ""
     try:
         import sqlglot
+        from sqlglot import exp
         from sqlglot.errors import SqlglotError
 
         try:
-            # Comments are formatting too: an edit that only changes a comment is not drift.
-            return sqlglot.parse_one(sql, read="sqlite").sql(dialect="sqlite", normalize=True, comments=False).lower()
+            tree = sqlglot.parse_one(sql, read="sqlite")
+            # Quoting an identifier is formatting in SQLite ("orders" is orders; a table rebuilt
+            # from introspection comes back quoted), and so are comments.
+            for identifier in tree.find_all(exp.Identifier):
+                identifier.set("quoted", False)
+            return tree.sql(dialect="sqlite", normalize=True, comments=False).lower()
         except SqlglotError:
             pass
     except ImportError:  # pragma: no cover - sqlglot is a dependency
