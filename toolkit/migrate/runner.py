@@ -10,6 +10,10 @@ Order of events for one migration on one file::
     migration_history upsert             (migrations.db; reconciled later if we die before this)
 
 A failure anywhere before COMMIT rolls the file back to exactly what it was.
+
+A migration that declares ``REBUILDS_TABLES = True`` (it calls ``db.transform()``) runs with foreign
+keys switched off around that transaction (``PRAGMA foreign_keys`` cannot change inside one), and
+``PRAGMA foreign_key_check`` must show no violation the file did not already have before COMMIT.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from ..history import open_history
 from ..lock import Holder, data_dir_lock
 from .discovery import Migration, MigrationContext, bundled_migrations_dir, discover
 from .plan import Plan, Step, plan_downgrade, plan_upgrade
+from .rebuild import foreign_key_violations, foreign_keys_off, refuse_new_violations
 from .state import FileState, ensure_bookkeeping, read_states, reconcile, record_event, record_history
 
 __all__ = [
@@ -147,7 +152,20 @@ def _run_step(
     path = settings.path(m.database)
     started = time.time()
     clock = time.perf_counter()
-    ctx = MigrationContext(conn, m.database)
+    ctx = MigrationContext(conn, m.database, rebuilds_tables=m.rebuilds_tables)
+    with foreign_keys_off(conn, m.rebuilds_tables):
+        _run_in_transaction(settings, conn, history, step, ctx, path, started, clock,
+                            backup_first=backup_first, result=result)
+    duration = time.perf_counter() - clock
+    CHECKPOINT[0]("after_file_commit", m)
+    _record(history, m, path, "applied" if step.direction == "upgrade" else "rolled_back", started, duration, None, step.direction)
+    result.steps.append(StepResult(m.label, m.database, step.direction, duration, list(ctx.statements)))
+
+
+def _run_in_transaction(settings: Settings, conn: sqlite3.Connection, history: sqlite3.Connection, step: Step,
+                        ctx: MigrationContext, path: Path, started: float, clock: float, *,
+                        backup_first: bool, result: RunResult) -> None:
+    m = step.migration
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
@@ -158,9 +176,12 @@ def _run_step(
             if item is not None:
                 result.backups.append(item)
         ensure_bookkeeping(conn)
+        baseline = foreign_key_violations(conn) if m.rebuilds_tables else None
         if step.direction == "upgrade":
             m.upgrade(ctx)
             ctx.current = None
+            if baseline is not None:
+                refuse_new_violations(conn, baseline)
             conn.execute(
                 "INSERT INTO _toolkit_migrations (migration_id, name, checksum, source, applied_at, duration_seconds) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -169,6 +190,8 @@ def _run_step(
         else:
             m.downgrade(ctx)
             ctx.current = None
+            if baseline is not None:
+                refuse_new_violations(conn, baseline)
             conn.execute("DELETE FROM _toolkit_migrations WHERE migration_id = ?", (m.id,))
         conn.execute("COMMIT")
     except BaseException as exc:
@@ -192,10 +215,6 @@ def _run_step(
             migration_id=m.id, database=m.database, path=path, statement=statement,
             hint=f"fix the cause and run `migrate {step.direction}` again",
         ) from exc
-    duration = time.perf_counter() - clock
-    CHECKPOINT[0]("after_file_commit", m)
-    _record(history, m, path, "applied" if step.direction == "upgrade" else "rolled_back", started, duration, None, step.direction)
-    result.steps.append(StepResult(m.label, m.database, step.direction, duration, list(ctx.statements)))
 
 
 def _execute(settings: Settings, plan: Plan, history: sqlite3.Connection, result: RunResult, progress: Progress) -> None:
@@ -238,19 +257,28 @@ def _dry_run(settings: Settings, plan: Plan, result: RunResult) -> None:
         else:
             conn = sqlite3.connect(":memory:", isolation_level=None)
         try:
+            if any(step.migration.rebuilds_tables for step in steps):
+                # The rehearsal is one transaction, so foreign keys stay off throughout (SQLite's
+                # default for this plain connection anyway): a rebuild rehearses as it will run, and
+                # its foreign key check is rehearsed as well.
+                conn.execute("PRAGMA foreign_keys = OFF")
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise translate_error(exc, path, action="rehearsing the upgrade") from exc
             for step in steps:
-                ctx = MigrationContext(conn, name)
+                ctx = MigrationContext(conn, name, rebuilds_tables=step.migration.rebuilds_tables)
                 try:
+                    baseline = foreign_key_violations(conn) if step.migration.rebuilds_tables else None
                     step.migration.upgrade(ctx)
+                    if baseline is not None:
+                        ctx.current = None
+                        refuse_new_violations(conn, baseline)
                 except Exception as exc:
                     shown = " ".join((ctx.current or "").split())
+                    where = f" at statement `{shown}`" if shown else ""
                     raise MigrationFailedError(
-                        f"dry run: migration {step.migration.label} would fail on database {name} ({path}) "
-                        f"at statement `{shown}`: {exc}",
+                        f"dry run: migration {step.migration.label} would fail on database {name} ({path}){where}: {exc}",
                         migration_id=step.migration.id, database=name, path=path, statement=ctx.current,
                         hint="fix the migration; nothing was changed",
                     ) from exc

@@ -18,6 +18,7 @@ from ..errors import LockTimeoutError, NotInitialisedError
 from ..history import open_history
 from .discovery import Migration, MigrationContext
 from .plan import drifted, unknown_applied
+from .rebuild import foreign_keys_off
 from .runner import load_migrations
 from .state import FileState, read_states, reconcile_if_free
 
@@ -69,7 +70,8 @@ def expected_schema(migrations: Sequence[Migration], database: str, applied: Seq
         wanted = set(applied)
         for m in migrations:
             if m.database == database and m.id in wanted:
-                m.upgrade(MigrationContext(conn, database))
+                with foreign_keys_off(conn, m.rebuilds_tables):  # as the runner runs it
+                    m.upgrade(MigrationContext(conn, database, rebuilds_tables=m.rebuilds_tables))
         return _objects(conn)
     finally:
         conn.close()
