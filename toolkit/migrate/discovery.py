@@ -1,7 +1,9 @@
 """Finding migration files and validating them before anything runs.
 
 A migration is a file ``NNN_name.py`` with a module docstring, ``DATABASE = "<logical name>"`` and
-two functions, ``upgrade(db)`` and ``downgrade(db)``; ``db`` is a :class:`MigrationContext`.
+two functions, ``upgrade(db)`` and ``downgrade(db)``; ``db`` is a :class:`MigrationContext`. A migration
+that rebuilds tables (``db.transform()``) also declares ``REBUILDS_TABLES = True``: the runner then
+switches foreign keys off before its transaction and checks them before COMMIT.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from ..config import DATABASES
 from ..db import split_statements
@@ -39,6 +42,8 @@ class Migration:
     source: str
     upgrade: Callable[["MigrationContext"], object] = field(repr=False, compare=False)
     downgrade: Callable[["MigrationContext"], object] = field(repr=False, compare=False)
+    #: ``REBUILDS_TABLES = True`` in the module: foreign keys off around its transaction (see rebuild.py).
+    rebuilds_tables: bool = False
 
     @property
     def label(self) -> str:
@@ -69,9 +74,10 @@ class MigrationContext:
     """What a migration's ``upgrade``/``downgrade`` receives: statements run inside the runner's
     transaction, and each statement is recorded (for ``--dry-run`` and for error messages)."""
 
-    def __init__(self, conn: sqlite3.Connection, database: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, database: str, *, rebuilds_tables: bool = False) -> None:
         self._conn = conn
         self.database = database
+        self.rebuilds_tables = rebuilds_tables
         self.statements: list[str] = []
         self.current: str | None = None
 
@@ -99,6 +105,19 @@ class MigrationContext:
 
     def executescript(self, *_: object, **__: object) -> None:
         raise sqlite3.OperationalError("executescript commits the open transaction; use db.script()")
+
+    def transform(self, table: str, **changes: Any) -> list[str]:
+        """Rebuild ``table`` with ``changes`` (SQLite's table-rebuild procedure, statements from
+        sqlite-utils' ``Table.transform_sql()``): ``add={"fee": float}``, ``types={"qty": int}``,
+        ``rename={"old": "new"}``, ``drop=["col"]``, ``not_null={"fee"}``, ``defaults={"fee": 0}``,
+        ``pk``, ``column_order``, ``add_foreign_keys``, ``drop_foreign_keys``, ``foreign_keys``,
+        ``strict``. Indexes and triggers are recreated, views keep working, and anything the rebuild
+        would change beyond what was asked is refused. Needs ``REBUILDS_TABLES = True`` in the module.
+        Returns the statements it ran (they are also recorded like every other statement).
+        """
+        from .rebuild import transform
+
+        return transform(self, table, **changes)
 
 
 def _load(path: Path, mid: str) -> ModuleType:
@@ -143,6 +162,9 @@ def _problems_of(path: Path, module: ModuleType) -> list[str]:
             continue
         if not _takes_one_argument(func):
             problems.append(f"{fn} must take exactly one argument (db)")
+    rebuilds = getattr(module, "REBUILDS_TABLES", False)
+    if not isinstance(rebuilds, bool):
+        problems.append(f"REBUILDS_TABLES must be True or False, got {rebuilds!r}")
     return problems
 
 
@@ -194,6 +216,7 @@ def discover(directories: Iterable[Path]) -> list[Migration]:
                     source=source,
                     upgrade=module.upgrade,
                     downgrade=module.downgrade,
+                    rebuilds_tables=getattr(module, "REBUILDS_TABLES", False),
                 )
             )
     if problems:

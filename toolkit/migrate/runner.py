@@ -10,6 +10,10 @@ Order of events for one migration on one file::
     migration_history upsert             (migrations.db; reconciled later if we die before this)
 
 A failure anywhere before COMMIT rolls the file back to exactly what it was.
+
+A migration that declares ``REBUILDS_TABLES = True`` (it calls ``db.transform()``) runs with foreign
+keys switched off around that transaction (``PRAGMA foreign_keys`` cannot change inside one), and
+``PRAGMA foreign_key_check`` must show no violation the file did not already have before COMMIT.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from ..history import open_history
 from ..lock import Holder, data_dir_lock
 from .discovery import Migration, MigrationContext
 from .plan import Plan, Step, plan_downgrade, plan_upgrade
+from .rebuild import foreign_key_violations, foreign_keys_off, refuse_new_violations
 from .state import FileState, MigrationStatus, ensure_bookkeeping, read_states, reconcile, record_event, record_history
 
 __all__ = [
@@ -160,35 +165,50 @@ def _run_step(
     path = settings.path(m.database)
     started = time.time()
     clock = time.perf_counter()
-    ctx = MigrationContext(conn, m.database)
+    ctx = MigrationContext(conn, m.database, rebuilds_tables=m.rebuilds_tables)
+    with foreign_keys_off(conn, m.rebuilds_tables):
+        _run_in_transaction(settings, conn, history, step, ctx, path, started, clock,
+                            backup_first=backup_first, result=result)
+    duration = time.perf_counter() - clock
+    CHECKPOINT[0]("after_file_commit", m)
+    status = MigrationStatus.APPLIED if step.direction == "upgrade" else MigrationStatus.ROLLED_BACK
+    _record(history, m, path, status, started, duration, None, step.direction)
+    result.steps.append(StepResult(m.label, m.database, step.direction, duration, list(ctx.statements)))
+
+
+def _run_in_transaction(settings: Settings, conn: sqlite3.Connection, history: sqlite3.Connection, step: Step,
+                        ctx: MigrationContext, path: Path, started: float, clock: float, *,
+                        backup_first: bool, result: RunResult) -> None:
+    m = step.migration
+    began = False
     try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise translate_error(exc, path, action=f"starting migration {m.label}") from exc
-    try:
-        if backup_first:
-            item = take_backup(settings, m.database, f"pre-{step.direction}-{m.id}")
-            if item is not None:
-                result.backups.append(item)
-        ensure_bookkeeping(conn)
-        if step.direction == "upgrade":
-            m.upgrade(ctx)
-            ctx.current = None
-            conn.execute(
-                "INSERT INTO _toolkit_migrations (migration_id, name, checksum, source, applied_at, duration_seconds) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (m.id, m.label, m.checksum, m.source, int(started), time.perf_counter() - clock),
-            )
-        else:
-            m.downgrade(ctx)
-            ctx.current = None
-            conn.execute("DELETE FROM _toolkit_migrations WHERE migration_id = ?", (m.id,))
-        conn.execute("COMMIT")
+        with atomic(conn, path=path, action=f"starting migration {m.label}"):
+            began = True
+            if backup_first:
+                item = take_backup(settings, m.database, f"pre-{step.direction}-{m.id}")
+                if item is not None:
+                    result.backups.append(item)
+            ensure_bookkeeping(conn)
+            baseline = foreign_key_violations(conn) if m.rebuilds_tables else None
+            if step.direction == "upgrade":
+                m.upgrade(ctx)
+                ctx.current = None
+                if baseline is not None:
+                    refuse_new_violations(conn, baseline)
+                conn.execute(
+                    "INSERT INTO _toolkit_migrations (migration_id, name, checksum, source, applied_at, duration_seconds) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (m.id, m.label, m.checksum, m.source, int(started), time.perf_counter() - clock),
+                )
+            else:
+                m.downgrade(ctx)
+                ctx.current = None
+                if baseline is not None:
+                    refuse_new_violations(conn, baseline)
+                conn.execute("DELETE FROM _toolkit_migrations WHERE migration_id = ?", (m.id,))
     except BaseException as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        if not isinstance(exc, Exception):
-            raise
+        if not began or not isinstance(exc, Exception):
+            raise  # BEGIN failed (translated, naming the file), or an interrupt: rolled back either way
         statement = ctx.current
         reason = exc.message if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"
         shown = " ".join(statement.split()) if statement else None
@@ -205,11 +225,6 @@ def _run_step(
             migration_id=m.id, database=m.database, path=path, statement=statement,
             hint=f"fix the cause and run `migrate {step.direction}` again",
         ) from exc
-    duration = time.perf_counter() - clock
-    CHECKPOINT[0]("after_file_commit", m)
-    status = MigrationStatus.APPLIED if step.direction == "upgrade" else MigrationStatus.ROLLED_BACK
-    _record(history, m, path, status, started, duration, None, step.direction)
-    result.steps.append(StepResult(m.label, m.database, step.direction, duration, list(ctx.statements)))
 
 
 def _execute(settings: Settings, plan: Plan, history: sqlite3.Connection, result: RunResult, progress: Progress) -> None:
@@ -234,6 +249,10 @@ def _execute(settings: Settings, plan: Plan, history: sqlite3.Connection, result
             conn.close()
 
 
+class _Rehearsed(Exception):
+    """Ends a dry run's transaction: everything it did is rolled back."""
+
+
 def _remove_created(path: Path) -> None:
     """A file this run created whose first migration failed goes away again: 'exactly as before'."""
     for suffix in ("", "-wal", "-shm"):
@@ -252,26 +271,34 @@ def _dry_run(settings: Settings, plan: Plan, result: RunResult) -> None:
         else:
             conn = sqlite3.connect(":memory:", isolation_level=None)
         try:
+            if any(step.migration.rebuilds_tables for step in steps):
+                # The rehearsal is one transaction, so foreign keys stay off throughout (SQLite's
+                # default for this plain connection anyway): a rebuild rehearses as it will run, and
+                # its foreign key check is rehearsed as well.
+                conn.execute("PRAGMA foreign_keys = OFF")
             try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise translate_error(exc, path, action="rehearsing the upgrade") from exc
-            for step in steps:
-                ctx = MigrationContext(conn, name)
-                try:
-                    step.migration.upgrade(ctx)
-                except Exception as exc:
-                    shown = " ".join((ctx.current or "").split())
-                    raise MigrationFailedError(
-                        f"dry run: migration {step.migration.label} would fail on database {name} ({path}) "
-                        f"at statement `{shown}`: {exc}",
-                        migration_id=step.migration.id, database=name, path=path, statement=ctx.current,
-                        hint="fix the migration; nothing was changed",
-                    ) from exc
-                result.steps.append(StepResult(step.migration.label, name, "upgrade", 0.0, list(ctx.statements)))
+                with atomic(conn, path=path, action="rehearsing the upgrade"):
+                    for step in steps:
+                        ctx = MigrationContext(conn, name, rebuilds_tables=step.migration.rebuilds_tables)
+                        try:
+                            baseline = foreign_key_violations(conn) if step.migration.rebuilds_tables else None
+                            step.migration.upgrade(ctx)
+                            if baseline is not None:
+                                ctx.current = None
+                                refuse_new_violations(conn, baseline)
+                        except Exception as exc:
+                            shown = " ".join((ctx.current or "").split())
+                            where = f" at statement `{shown}`" if shown else ""
+                            raise MigrationFailedError(
+                                f"dry run: migration {step.migration.label} would fail on database {name} ({path}){where}: {exc}",
+                                migration_id=step.migration.id, database=name, path=path, statement=ctx.current,
+                                hint="fix the migration; nothing was changed",
+                            ) from exc
+                        result.steps.append(StepResult(step.migration.label, name, "upgrade", 0.0, list(ctx.statements)))
+                    raise _Rehearsed  # a rehearsal always rolls back
+            except _Rehearsed:
+                pass
         finally:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             conn.close()
 
 

@@ -18,6 +18,7 @@ from ..errors import LockTimeoutError, NotInitialisedError
 from ..history import open_history
 from .discovery import Migration, MigrationContext
 from .plan import drifted, unknown_applied
+from .rebuild import foreign_keys_off
 from .state import FileState, MigrationStatus, read_states, reconcile_if_free
 
 __all__ = ["Finding", "VerifyReport", "verify", "expected_schema", "live_schema", "schema_differences", "normalize_sql"]
@@ -68,7 +69,8 @@ def expected_schema(migrations: Sequence[Migration], database: str, applied: Seq
         wanted = set(applied)
         for m in migrations:
             if m.database == database and m.id in wanted:
-                m.upgrade(MigrationContext(conn, database))
+                with foreign_keys_off(conn, m.rebuilds_tables):  # as the runner runs it
+                    m.upgrade(MigrationContext(conn, database, rebuilds_tables=m.rebuilds_tables))
         return _objects(conn)
     finally:
         conn.close()
@@ -88,11 +90,16 @@ def normalize_sql(sql: str | None) -> str:
         return ""
     try:
         import sqlglot
+        from sqlglot import exp
         from sqlglot.errors import SqlglotError
 
         try:
-            # Comments are formatting too: an edit that only changes a comment is not drift.
-            return sqlglot.parse_one(sql, read="sqlite").sql(dialect="sqlite", normalize=True, comments=False).lower()
+            tree = sqlglot.parse_one(sql, read="sqlite")
+            # Quoting an identifier is formatting in SQLite ("orders" is orders; a table rebuilt
+            # from introspection comes back quoted), and so are comments.
+            for identifier in tree.find_all(exp.Identifier):
+                identifier.set("quoted", False)
+            return tree.sql(dialect="sqlite", normalize=True, comments=False).lower()
         except SqlglotError:
             pass
     except ImportError:  # pragma: no cover - sqlglot is a dependency
