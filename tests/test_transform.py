@@ -12,6 +12,7 @@ import pytest
 from toolkit.db import connect
 from toolkit.errors import MigrationDefinitionError, MigrationFailedError
 from toolkit.migrate.rebuild import foreign_keys_off
+from toolkit.content import load_migrations
 from toolkit.migrate.runner import downgrade, upgrade
 from toolkit.migrate.verify import verify
 
@@ -76,7 +77,7 @@ def tickets(migrated, lifecycle, extra_dir):
     """Settings with 900 (the three tables) applied and a few rows in them."""
     lifecycle.write_migration(extra_dir, "900_tickets.py", SCHEMA, DROP_SCHEMA)
     settings = migrated.with_(migrations_dirs=(extra_dir,))
-    upgrade(settings)
+    upgrade(settings, migrations=load_migrations(settings))
     write(settings,
           "INSERT INTO desks (desk_id, name) VALUES (1, 'equities'), (2, 'futures')",
           "INSERT INTO tickets (ticket_id, desk_id, symbol, qty, note, opened_at) VALUES "
@@ -104,7 +105,7 @@ def test_a_rebuild_keeps_the_data_indexes_trigger_view_and_foreign_keys(tickets,
     assert len(events_before) == 3  # the trigger fired for each ticket
     rebuild(lifecycle, extra_dir)
 
-    result = upgrade(tickets)
+    result = upgrade(tickets, migrations=load_migrations(tickets))
     (step,) = result.steps
     assert step.migration == "901_rebuild_tickets"
     sql = "\n".join(step.statements)
@@ -147,15 +148,15 @@ def test_a_rebuild_keeps_the_data_indexes_trigger_view_and_foreign_keys(tickets,
 
     # the file's own connections are back to foreign keys on, and verify (which replays the
     # rebuild in memory) finds the live schema to be what the migrations produce
-    report = verify(tickets)
+    report = verify(tickets, migrations=load_migrations(tickets))
     assert report.findings == []
 
 
 def test_a_rebuild_downgrades_back_to_the_original_schema(tickets, lifecycle, extra_dir):
     schema_before = rows(tickets, "SELECT type, name, tbl_name FROM sqlite_master WHERE name NOT LIKE 'sqlite%' ORDER BY type, name")
     rebuild(lifecycle, extra_dir)
-    upgrade(tickets)
-    result = downgrade(tickets, target="901")
+    upgrade(tickets, migrations=load_migrations(tickets))
+    result = downgrade(tickets, migrations=load_migrations(tickets), target="901")
     assert [s.migration for s in result.steps] == ["901_rebuild_tickets"]
 
     assert [r[1] for r in rows(tickets, "PRAGMA table_info(tickets)")] == ORIGINAL_ORDER
@@ -165,9 +166,9 @@ def test_a_rebuild_downgrades_back_to_the_original_schema(tickets, lifecycle, ex
     assert fk_check(tickets) == []
     write(tickets, "INSERT INTO tickets (ticket_id, desk_id, symbol, qty) VALUES (4, 2, 'NQ', '1')")
     assert rows(tickets, "SELECT kind FROM ticket_events WHERE ticket_id = 4") == [("opened",)]
-    assert verify(tickets).findings == []  # the rebuilt table differs from 900's text only in quoting
-    upgrade(tickets)  # and up again
-    assert verify(tickets).findings == []
+    assert verify(tickets, migrations=load_migrations(tickets)).findings == []  # the rebuilt table differs from 900's text only in quoting
+    upgrade(tickets, migrations=load_migrations(tickets))  # and up again
+    assert verify(tickets, migrations=load_migrations(tickets)).findings == []
 
 
 def test_dry_run_prints_the_rebuild_and_changes_nothing(tickets, lifecycle, extra_dir, cli):
@@ -191,7 +192,7 @@ def test_dry_run_prints_the_rebuild_and_changes_nothing(tickets, lifecycle, extr
 def refused(settings, lifecycle, *, dry_run: bool = False) -> MigrationFailedError:
     before = lifecycle.snapshot(settings.data_dir)
     with pytest.raises(MigrationFailedError) as caught:
-        upgrade(settings, dry_run=dry_run)
+        upgrade(settings, migrations=load_migrations(settings), dry_run=dry_run)
     after = lifecycle.snapshot(settings.data_dir)
     assert after["trading"] == before["trading"]  # bytes, logical content, per-table hashes, records
     message = str(caught.value)
@@ -233,9 +234,9 @@ def test_violations_the_file_already_had_do_not_block_a_rebuild(tickets, lifecyc
     finally:
         conn.close()
     rebuild(lifecycle, extra_dir)
-    upgrade(tickets)
+    upgrade(tickets, migrations=load_migrations(tickets))
     assert fk_check(tickets) == [("ticket_events", 4, "tickets", 0)]  # still there, still reported
-    assert [f.check for f in verify(tickets).findings] == ["foreign_key_check"]
+    assert [f.check for f in verify(tickets, migrations=load_migrations(tickets)).findings] == ["foreign_key_check"]
 
 
 def test_transform_needs_the_declaration(tickets, lifecycle, extra_dir):
@@ -248,7 +249,7 @@ def test_a_malformed_declaration_is_reported_before_anything_runs(tickets, lifec
     rebuild(lifecycle, extra_dir, preamble='REBUILDS_TABLES = "yes"')
     before = lifecycle.snapshot(tickets.data_dir)
     with pytest.raises(MigrationDefinitionError, match="REBUILDS_TABLES must be True or False"):
-        upgrade(tickets)
+        upgrade(tickets, migrations=load_migrations(tickets))
     assert lifecycle.snapshot(tickets.data_dir) == before
 
 
@@ -312,9 +313,11 @@ def test_status_and_the_runner_do_not_import_sqlite_utils(migrated):
     code = (
         "import sys\n"
         "from toolkit.config import load_settings\n"
+        "from toolkit.content import load_migrations\n"
         "from toolkit.migrate.status import status\n"
         "import toolkit.migrate.runner, toolkit.migrate.verify, toolkit.migrate.rebuild\n"
-        f"status(load_settings({str(migrated.data_dir)!r}, env={{}}))\n"
+        f"s = load_settings({str(migrated.data_dir)!r}, env={{}})\n"
+        "status(s, migrations=load_migrations(s))\n"
         "assert 'sqlite_utils' not in sys.modules, 'sqlite_utils imported'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -329,7 +332,6 @@ def test_a_no_op_rebuild_reproduces_every_bundled_table(settings):
 
     from toolkit.migrate.discovery import MigrationContext
     from toolkit.migrate.rebuild import RebuildError, transform
-    from toolkit.migrate.runner import load_migrations
 
     def canonical(sql: str) -> str:
         tree = sqlglot.parse_one(sql, read="sqlite")

@@ -5,12 +5,11 @@ so importing the package — and starting the CLI — stays cheap.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
+__all__, __getattr__ = lazy_exports(__name__, {
     "DATABASES": "toolkit.config",
     "Settings": "toolkit.config",
     "load_settings": "toolkit.config",
@@ -22,19 +21,6 @@ _EXPORTS = {
     "content_hash": "toolkit.db",
     "ToolkitError": "toolkit.errors",
     "backend_for": "toolkit.backend",
-}
+})
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__ = [*__all__, "__version__"]

@@ -66,7 +66,7 @@ class SQLiteBackend(Backend):
     # -- the storage's own integrity -------------------------------------------------------------
 
     def physical_problems(self, conn: sqlite3.Connection, name: str) -> list[str]:
-        return quick_check(conn, name)
+        return quick_check(conn, _schema(conn, name))
 
     def foreign_key_problems(self, conn: sqlite3.Connection, name: str) -> Iterator[tuple[str, int | None, str, int]]:
         for row in conn.execute(f"PRAGMA {quote_ident(name)}.foreign_key_check"):
@@ -117,8 +117,13 @@ class SQLiteBackend(Backend):
                 return _records(own, "main")
             finally:
                 own.close()
-        attached = {row[1] for row in conn.execute("PRAGMA database_list")}
-        return _records(conn, name if name in attached else "main")
+        return _records(conn, _schema(conn, name))
+
+
+def _schema(conn: sqlite3.Connection, name: str) -> str:
+    """Where ``name``'s tables are on ``conn``: attached under its name, or the file opened alone."""
+    attached = {row[1] for row in conn.execute("PRAGMA database_list")}
+    return name if name in attached else "main"
 
 
 def _records(conn: sqlite3.Connection, schema: str) -> dict[str, MigrationRecord]:

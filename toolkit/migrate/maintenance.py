@@ -6,12 +6,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..backend import backend_for
 from ..backup import Backup, find_backup, restore_backup
 from ..config import DATABASES, Settings
-from ..db import connect, transaction
+from ..db import transaction
 from ..errors import UsageError
-from ..history import open_history
-from ..lock import data_dir_lock
 from .plan import resolve_migration
 from .discovery import Migration
 from .runner import Progress, _quiet, _took_over, _waiting
@@ -40,8 +39,7 @@ class RestoreResult:
 def accept(settings: Settings, spec: str, *, migrations: Sequence[Migration], progress: Progress = _quiet) -> AcceptResult:
     """Record the current text of an edited, applied migration as its new checksum."""
     migration = resolve_migration(spec, migrations)
-    with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="migrate accept",
-                       on_wait=_waiting(progress), on_takeover=_took_over(progress)):
+    with backend_for(settings).lock("migrate accept", on_wait=_waiting(progress), on_takeover=_took_over(progress)):
         states = read_states(settings, DATABASES)
         state = states[migration.database]
         record = state.records.get(migration.id)
@@ -49,7 +47,7 @@ def accept(settings: Settings, spec: str, *, migrations: Sequence[Migration], pr
             raise UsageError(f"migration {migration.label} is not applied to {migration.database}; nothing to accept")
         if record.checksum == migration.checksum:
             raise UsageError(f"migration {migration.label} is unchanged since it was applied; nothing to accept")
-        conn = connect(state.path, busy_timeout=settings.busy_timeout)
+        conn = backend_for(settings).connect(migration.database)
         try:
             with transaction(conn):
                 old_source = conn.execute(
@@ -63,7 +61,7 @@ def accept(settings: Settings, spec: str, *, migrations: Sequence[Migration], pr
             conn.close()
         diff = "\n".join(difflib.unified_diff(old_source.splitlines(), migration.source.splitlines(),
                                               "applied", "accepted", lineterm="", n=1))
-        history = open_history(settings, create=True)
+        history = backend_for(settings).history(create=True)
         assert history is not None
         try:
             reconciled = reconcile(history, read_states(settings, DATABASES), migrations)
@@ -83,12 +81,11 @@ def restore(settings: Settings, spec: str | None, database: str | None, *, migra
     if database is not None and database not in DATABASES + ("migrations",):
         settings.path(database)  # raises with suggestions
     item = find_backup(settings, spec, database)
-    with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="migrate restore",
-                       on_wait=_waiting(progress), on_takeover=_took_over(progress)):
+    with backend_for(settings).lock("migrate restore", on_wait=_waiting(progress), on_takeover=_took_over(progress)):
         safety = restore_backup(settings, item)
         reconciled: list[str] = []
         if item.database != "migrations":
-            history = open_history(settings, create=True)
+            history = backend_for(settings).history(create=True)
             assert history is not None
             try:
                 reconciled = reconcile(history, read_states(settings, DATABASES), migrations)

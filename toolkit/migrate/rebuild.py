@@ -29,13 +29,19 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..db import quote_ident
 from ..errors import ToolkitError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .discovery import MigrationContext
+class _Executes(Protocol):
+    """What a rebuild needs of the migration's context (``discovery.MigrationContext``)."""
+
+    _conn: sqlite3.Connection
+    current: str | None
+    rebuilds_tables: bool
+
+    def execute(self, sql: str, parameters: Any = ...) -> Any: ...
 
 __all__ = ["REBUILD_ATTRIBUTE", "RebuildError", "foreign_keys_off", "foreign_key_violations",
            "refuse_new_violations", "transform"]
@@ -191,7 +197,7 @@ def _names(value: Iterable[str] | dict[str, Any] | None) -> set[str]:
 
 
 def transform(
-    ctx: "MigrationContext",
+    ctx: _Executes,
     table: str,
     *,
     add: dict[str, Any] | None = None,

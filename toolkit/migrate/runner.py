@@ -23,12 +23,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..backup import Backup, take_backup
+from ..backend import backend_for
+from ..backup import Backup
 from ..config import DATABASES, HISTORY, Settings
-from ..db import atomic, check_file, connect, quick_check, translate_error
+from ..db import atomic, check_file, translate_error
 from ..errors import DatabaseFileError, MigrationFailedError, ToolkitError
-from ..history import open_history
-from ..lock import Holder, data_dir_lock
+from ..lock import Holder
 from .discovery import Migration, MigrationContext
 from .plan import Plan, Step, plan_downgrade, plan_upgrade
 from .rebuild import foreign_key_violations, foreign_keys_off, refuse_new_violations
@@ -110,9 +110,10 @@ def _refuse_damaged(settings: Settings) -> None:
         path = settings.path(name)
         if not check_file(path, must_exist=False):
             continue
-        conn = connect(path, readonly=True, busy_timeout=settings.busy_timeout)
+        backend = backend_for(settings)
+        conn = backend.connect(name, readonly=True)
         try:
-            problems = _physical(quick_check(conn))
+            problems = _physical(backend.physical_problems(conn, name))
         except sqlite3.Error as exc:
             raise translate_error(exc, path, action="checking it before migrating") from exc
         finally:
@@ -133,7 +134,7 @@ def _preflight(settings: Settings, plan: Plan) -> dict[str, sqlite3.Connection]:
         for name in plan.databases:
             path = settings.path(name)
             check_file(path, must_exist=False, writable=True)
-            conns[name] = connect(path, create=True, busy_timeout=settings.busy_timeout)
+            conns[name] = backend_for(settings).connect(name, create=True)
     except BaseException:
         for conn in conns.values():
             conn.close()
@@ -185,7 +186,7 @@ def _run_in_transaction(settings: Settings, conn: sqlite3.Connection, history: s
         with atomic(conn, path=path, action=f"starting migration {m.label}"):
             began = True
             if backup_first:
-                item = take_backup(settings, m.database, f"pre-{step.direction}-{m.id}")
+                item = backend_for(settings).backup(m.database, f"pre-{step.direction}-{m.id}")
                 if item is not None:
                     result.backups.append(item)
             ensure_bookkeeping(conn)
@@ -307,7 +308,7 @@ def _states_and_history(settings: Settings, migrations: Sequence[Migration], res
     # Read the files first: a file that cannot be read (a directory, not SQLite, corrupt) is refused
     # before the ledger is created, so a refused command leaves no new file behind.
     states = read_states(settings, DATABASES)
-    history = open_history(settings, create=create)
+    history = backend_for(settings).history(create=create)
     assert history is not None
     try:
         result.reconciled.extend(reconcile(history, states, migrations))
@@ -352,8 +353,7 @@ def upgrade(
             result.notes.append("nothing to upgrade")
         return result
     _make_data_dir(settings)
-    with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="migrate upgrade",
-                       on_wait=_waiting(progress), on_takeover=_took_over(progress)):
+    with backend_for(settings).lock("migrate upgrade", on_wait=_waiting(progress), on_takeover=_took_over(progress)):
         _refuse_damaged(settings)
         states, history = _states_and_history(settings, migrations, result, create=True)
         try:
@@ -394,8 +394,7 @@ def downgrade(
     result = RunResult("downgrade")
     if not settings.data_dir.is_dir():
         plan_downgrade(migrations, read_states(settings, DATABASES), target=target, database=database)
-    with data_dir_lock(settings.lock_path, timeout=settings.lock_timeout, command="migrate downgrade",
-                       on_wait=_waiting(progress), on_takeover=_took_over(progress)):
+    with backend_for(settings).lock("migrate downgrade", on_wait=_waiting(progress), on_takeover=_took_over(progress)):
         _refuse_damaged(settings)
         states, history = _states_and_history(settings, migrations, result, create=True)
         try:

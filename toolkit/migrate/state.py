@@ -18,8 +18,7 @@ from ..config import DATABASES, Settings
 from ..backend import backend_for
 from ..db import atomic, translate_error
 from ..errors import DatabaseFileError
-from ..history import iso, open_history
-from ..lock import data_dir_lock
+from ..history import iso
 from .discovery import Migration
 
 __all__ = [
@@ -252,8 +251,9 @@ def reconcile_if_free(settings: Settings, states: dict[str, FileState], migratio
                       command: str) -> list[str]:
     """Reconcile the migration ledger with the files under the data-directory lock, without waiting
     for it: raises ``LockTimeoutError`` when another process holds it (the caller reads instead)."""
-    with data_dir_lock(settings.lock_path, timeout=0, command=command):
-        history = open_history(settings)
+    backend = backend_for(settings)
+    with backend.lock(command, timeout=0):
+        history = backend.history()
         assert history is not None
         try:
             return reconcile(history, states, migrations)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from ..config import DATABASES, Settings
 from ..db import is_read_only
 from ..errors import LockTimeoutError
-from ..history import open_history
+from ..backend import backend_for
 from ..lock import read_holder
 from .plan import drifted, unknown_applied
 from .discovery import Migration
@@ -59,7 +59,7 @@ def status(settings: Settings, *, migrations: Sequence[Migration]) -> StatusRepo
     states = read_states(settings, DATABASES)
     report = StatusReport(str(settings.data_dir), settings.data_dir_source, initialised, [])
     if initialised and is_read_only(settings.history_path):
-        history = open_history(settings, readonly=True)
+        history = backend_for(settings).history(readonly=True)
         assert history is not None
         try:
             report.reconciled = reconcile(history, states, migrations, write=False)
@@ -74,7 +74,7 @@ def status(settings: Settings, *, migrations: Sequence[Migration]) -> StatusRepo
             holder = read_holder(settings.lock_path)
             report.lock_holder = holder.describe() if holder else "another process"
             report.not_written = f"{report.lock_holder} holds the lock"
-            history = open_history(settings, readonly=True)
+            history = backend_for(settings).history(readonly=True)
             assert history is not None
             try:
                 report.reconciled = reconcile(history, states, migrations, write=False)

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from ..config import DATABASES, Settings
-from ..db import connect, quick_check, quote_ident, translate_error
+from ..db import quick_check, quote_ident, translate_error
 from ..errors import LockTimeoutError, NotInitialisedError
-from ..history import open_history
+from ..backend import backend_for
 from .discovery import Migration, MigrationContext
 from .plan import drifted, unknown_applied
 from .rebuild import foreign_keys_off
@@ -144,7 +144,7 @@ def verify(settings: Settings, *, migrations: Sequence[Migration]) -> VerifyRepo
         report.reconciled = reconcile_if_free(settings, states, migrations, "migrate verify")
     except LockTimeoutError:
         pass  # another runner is working; the ledger comparison below still reports disagreement
-    history = open_history(settings, readonly=True)
+    history = backend_for(settings).history(readonly=True)
     assert history is not None
     try:
         ledger = {
@@ -163,7 +163,7 @@ def verify(settings: Settings, *, migrations: Sequence[Migration]) -> VerifyRepo
         if not state.exists:
             report.findings.append(Finding("file", name, state.path.name, "does not exist (run `migrate upgrade`)"))
             continue
-        conn = connect(state.path, readonly=True, busy_timeout=settings.busy_timeout)
+        conn = backend_for(settings).connect(name, readonly=True)
         try:
             for m in migrations:
                 if m.id in changed and m.database == name:

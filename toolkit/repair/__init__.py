@@ -10,25 +10,13 @@ Names are imported lazily.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
 
-_EXPORTS = {
-    "Change": "model", "Untouched": "model", "update_row": "model", "changed_columns": "model",
-    "PlanStatus": "plan", "RulePlan": "plan", "RepairPlan": "plan", "plan_repairs": "plan",
-    "RuleOutcome": "apply", "RepairResult": "apply", "apply_repairs": "apply",
-    "RepairConflict": "writer", "StalePlanError": "writer",
-    "RepairRun": "log", "RunStatus": "log", "list_repairs": "log", "reconcile_repair_log": "log",
-    "UndoResult": "undo", "undo_repair": "undo",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'toolkit.repair' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__all__, __getattr__ = lazy_exports(__name__, {
+    "Change": ".model", "Untouched": ".model", "update_row": ".model", "changed_columns": ".model",
+    "PlanStatus": ".plan", "RulePlan": ".plan", "RepairPlan": ".plan", "plan_repairs": ".plan",
+    "RuleOutcome": ".apply", "RepairResult": ".apply", "apply_repairs": ".apply",
+    "RepairConflict": ".writer", "StalePlanError": ".writer",
+    "RepairRun": ".log", "RunStatus": ".log", "list_repairs": ".log", "reconcile_repair_log": ".log",
+    "UndoResult": ".undo", "undo_repair": ".undo",
+})
