@@ -27,7 +27,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .accounting import Close, Lot, Match, Position, TickerBook, cash_effect, replay
+from .accounting import (
+    LOT_ROW_COLUMNS,
+    MATCH_COLUMNS,
+    TRADE_ROW_COLUMNS,
+    Close,
+    Lot,
+    Match,
+    Position,
+    TickerBook,
+    cash_effect,
+    close_row_values,
+    lot_row_values,
+    opening_row_values,
+    replay,
+    replay_book,
+    unrealized_pnl,
+)
 from .config import Settings, load_settings
 from .db import open_databases, translate_error
 from .domain import trade_problems
@@ -106,7 +122,13 @@ class LedgerStats:
 
 
 _TRADE_COLUMNS = ("trade_id, run_id, ticker, action, quantity, price, commission, executed_at, is_close, "
-                  "entry_trade_id, realized_pnl, status, exit_price, exit_time, order_id, strategy")
+                  f"{', '.join(TRADE_ROW_COLUMNS)}, order_id, strategy")
+# How the accounting's values are written (toolkit.accounting: close_row_values, opening_row_values,
+# lot_row_values; a Match is a lot_matches row).
+_INSERT_TRADE = f"INSERT INTO trading.trades ({_TRADE_COLUMNS}) VALUES ({', '.join('?' * (_TRADE_COLUMNS.count(',') + 1))})"
+_INSERT_MATCH = (f"INSERT INTO trading.lot_matches ({', '.join(MATCH_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(MATCH_COLUMNS))})")
+_UPDATE_LOT = f"UPDATE trading.trades SET {', '.join(f'{c} = ?' for c in LOT_ROW_COLUMNS)} WHERE trade_id = ?"
 
 
 def position_row(position: Position, last_price: float, updated_at: int, strategy: str | None) -> dict:
@@ -117,7 +139,7 @@ def position_row(position: Position, last_price: float, updated_at: int, strateg
         "quantity": position.quantity,
         "entry_price": position.entry_price,
         "current_price": last_price,
-        "unrealized_pnl": (last_price - position.entry_price) * position.quantity,
+        "unrealized_pnl": unrealized_pnl(position, last_price),
         "opened_at": position.opened_at,
         "updated_at": max(updated_at, position.opened_at),
         "strategy": strategy,
@@ -270,16 +292,9 @@ class TradeStore:
     # -- writing trades ----------------------------------------------------------------------------
 
     def _book(self, ticker: str) -> TickerBook:
-        book = TickerBook(ticker)
-        rows = self._conn.execute(
+        return replay_book(ticker, self._conn.execute(
             "SELECT trade_id, action, quantity, price, executed_at FROM trading.trades "
-            "WHERE ticker = ? ORDER BY executed_at, trade_id", (ticker,))
-        for trade_id, action, quantity, price, executed_at in rows:
-            if action == "BUY":
-                book.buy(trade_id, quantity, price, executed_at)
-            else:
-                book.sell(trade_id, quantity, price, executed_at)
-        return book
+            "WHERE ticker = ? ORDER BY executed_at, trade_id", (ticker,)))
 
     @_writes
     def record(
@@ -360,20 +375,13 @@ class TradeStore:
                       outcome: Close | Lot) -> None:
         conn = self._conn
         if isinstance(outcome, Close):
-            conn.execute(
-                f"INSERT INTO trading.trades ({_TRADE_COLUMNS}) VALUES (?, ?, ?, 'SELL', ?, ?, ?, ?, 1, ?, ?, 'CLOSED', ?, ?, ?, ?)",
-                (trade_id, run_id, ticker, quantity, price, commission, when, outcome.entry_trade_id,
-                 outcome.realized_pnl, price, when, order_id, strategy))
-            conn.executemany(
-                "INSERT INTO trading.lot_matches (close_trade_id, entry_trade_id, quantity, entry_price, exit_price, "
-                "realized_pnl, matched_at) VALUES (?, ?, ?, ?, ?, ?, ?)", outcome.matches)
-            conn.executemany(
-                "UPDATE trading.trades SET status = 'CLOSED', exit_price = ?, exit_time = ? WHERE trade_id = ?",
-                [(lot.exit_price, lot.exit_time, lot.trade_id) for lot in outcome.closed_lots])
+            conn.execute(_INSERT_TRADE, (trade_id, run_id, ticker, "SELL", quantity, price, commission, when, 1,
+                                         *close_row_values(outcome), order_id, strategy))
+            conn.executemany(_INSERT_MATCH, outcome.matches)
+            conn.executemany(_UPDATE_LOT, [(*lot_row_values(lot), lot.trade_id) for lot in outcome.closed_lots])
         else:
-            conn.execute(
-                f"INSERT INTO trading.trades ({_TRADE_COLUMNS}) VALUES (?, ?, ?, 'BUY', ?, ?, ?, ?, 0, NULL, NULL, 'OPEN', NULL, NULL, ?, ?)",
-                (trade_id, run_id, ticker, quantity, price, commission, when, order_id, strategy))
+            conn.execute(_INSERT_TRADE, (trade_id, run_id, ticker, "BUY", quantity, price, commission, when, 0,
+                                         *opening_row_values(outcome), order_id, strategy))
 
     def _project(self, book: TickerBook, trade_id: int, price: float, when: int,
                  strategy: str | None, closed: tuple[Lot, ...]) -> None:
