@@ -15,7 +15,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping
 
-from toolkit.accounting import Close, Lot, TickerBook, round_quantity
+from toolkit.accounting import (
+    LOT_ROW_COLUMNS,
+    MATCH_COLUMNS,
+    TRADE_ROW_COLUMNS,
+    Close,
+    Lot,
+    TickerBook,
+    close_row_values,
+    lot_row_values,
+    money_differs,
+    same_quantity,
+)
 from toolkit.domain import OPENING_LEG_GUARD, RUN_ID_GUARD, TICKER_GUARD, is_plausible_ticker
 from toolkit.repair.model import Change, Untouched, changed_columns, update_row
 from toolkit.rules.model import CheckContext, Rule, Scan, Violation, rule
@@ -24,13 +35,15 @@ __all__ = ["LEDGER_SCAN", "RULES"]
 
 _INF = math.inf
 
+# The executed facts, then the stored values the accounting decides, in toolkit.accounting's
+# TRADE_ROW_COLUMNS order: a stored SELL row's tail equals close_row_values() of its FIFO close.
 _TRADES = (
-    "SELECT ticker, trade_id, action, quantity, price, executed_at, entry_trade_id, realized_pnl, status, "
-    "exit_price, exit_time FROM trading.trades {where} ORDER BY ticker, executed_at, trade_id"
+    f"SELECT ticker, trade_id, action, quantity, price, executed_at, {', '.join(TRADE_ROW_COLUMNS)} "
+    "FROM trading.trades {where} ORDER BY ticker, executed_at, trade_id"
 )
 # The same columns, in the same order, as toolkit.accounting.Match: a stored row equals its FIFO match.
 _MATCHES = (
-    "SELECT m.close_trade_id, m.entry_trade_id, m.quantity, m.entry_price, m.exit_price, m.realized_pnl, m.matched_at "
+    f"SELECT {', '.join(f'm.{c}' for c in MATCH_COLUMNS)} "
     "FROM trading.trades AS t JOIN trading.lot_matches AS m ON m.close_trade_id = t.trade_id "
     "WHERE t.action = 'SELL' {also} ORDER BY t.ticker, t.executed_at, t.trade_id"
 )
@@ -57,13 +70,6 @@ def _streams(ctx: CheckContext, want_matches: bool, want_positions: bool) -> tup
         matches = each(_MATCHES.format(also="AND t.ticker = ?")) if want_matches else ()
         positions = each(_POSITIONS.format(where="WHERE ticker = ?")) if want_positions else ()
     return iter(trades), iter(matches), iter(positions)
-
-
-def _differs(stored: object, computed: float, tolerance: float) -> bool:
-    try:
-        return stored is None or not abs(stored - computed) <= tolerance  # type: ignore[operator]
-    except TypeError:
-        return True
 
 
 def _entry_reason(ctx: CheckContext, entry: int, close_id: int, ticker: str, executed_at: int) -> str:
@@ -108,19 +114,22 @@ class _Ledger:
         self.next_position = next(self.position_rows, None)
         next_match = next(match_rows, None)
         status_rule = self.status_rule
+        row_of_close, row_of_lot = close_row_values, lot_row_values
         book: TickerBook | None = None
+        current: str | None = None       # the ticker of ``book``
         pending: dict[int, tuple] = {}   # open lot -> its stored (status, exit_price, exit_time)
-        last: tuple | None = None        # (price, executed_at) of the ticker's last valid trade
+        last_price = last_time = None    # of the ticker's last valid trade
         done = 0
         sell_checks = self.unlinked or self.orphaned or self.pnl_rule is not None or status_rule is not None
         for row in trades:
             ticker, trade_id, action, quantity, price, executed_at, entry, pnl, status, exit_price, exit_time = row
-            if book is None or ticker != book.ticker:
+            if book is None or ticker != current:
                 if book is not None:
-                    yield from self.finish(book, pending, last)
+                    yield from self.finish(book, pending, None if last_time is None else (last_price, last_time))
                 book = TickerBook(ticker)
+                current, buy, sell = ticker, book.buy, book.sell
                 pending = {}
-                last = None
+                last_price = last_time = None
             done += 1
             if done % 250_000 == 0:
                 self.ctx.say(f"ledger scan: {done:,} trades")
@@ -129,10 +138,10 @@ class _Ledger:
             except TypeError:
                 valid = False
             if valid:
-                last = (price, executed_at)
+                last_price, last_time = price, executed_at
             if action == "BUY":
                 if valid:
-                    book.buy(trade_id, quantity, price, executed_at)
+                    buy(trade_id, quantity, price, executed_at)
                     pending[trade_id] = (status, exit_price, exit_time)
                 continue
             stored: list[tuple] = []
@@ -141,21 +150,20 @@ class _Ledger:
                 next_match = next(match_rows, None)
             if action != "SELL" or not valid:
                 continue  # trade_row_invalid reports it; the FIFO leaves it out
-            close: Close = book.sell(trade_id, quantity, price, executed_at)
+            close: Close = sell(trade_id, quantity, price, executed_at)
             computed = close.matches
-            if not (close.shortfall == 0.0 and entry == close.entry_trade_id and pnl == close.realized_pnl
-                    and status == "CLOSED" and exit_price == price and exit_time == executed_at
+            # the stored row as a whole is the accounting's row (to the exact bit, as the toolkit writes it)
+            if not (close.shortfall == 0.0 and (entry, pnl, status, exit_price, exit_time) == row_of_close(close)
                     and len(stored) == len(computed) and (len(stored) == 1 and stored[0] == computed[0] or stored == list(computed))):
                 if sell_checks:
                     yield from self.sell(ticker, row, close, stored)
             if status_rule is not None:
                 for lot in close.closed_lots:
                     stored_lot = pending.pop(lot.trade_id, None)
-                    if stored_lot is not None and (stored_lot[0] != "CLOSED" or stored_lot[1] != lot.exit_price
-                                                   or stored_lot[2] != lot.exit_time):
+                    if stored_lot is not None and stored_lot != row_of_lot(lot):
                         yield from self.lot_closed(ticker, lot, stored_lot)
         if book is not None:
-            yield from self.finish(book, pending, last)
+            yield from self.finish(book, pending, None if last_time is None else (last_price, last_time))
         if self.position_rule is not None:
             yield from self.orphans_before(None)
 
@@ -164,6 +172,7 @@ class _Ledger:
         _, trade_id, _, quantity, price, executed_at, entry, pnl, status, exit_price, exit_time = row
         fixes = self.fixes
         computed = close.matches
+        want = dict(zip(TRADE_ROW_COLUMNS, close_row_values(close)))   # the row the accounting writes
         if self.orphaned and close.shortfall:
             yield Violation("orphaned_sells", {"trade_id": trade_id},
                             f"sells {quantity:g} {ticker} but only {close.consumed:g} was held (shortfall {close.shortfall:g})",
@@ -173,9 +182,9 @@ class _Ledger:
             if computed:
                 if entry is None:
                     problems.append("no entry_trade_id")
-                elif entry != close.entry_trade_id:
+                elif entry != want["entry_trade_id"]:
                     problems.append(f"entry_trade_id {entry} is {_entry_reason(self.ctx, entry, trade_id, ticker, executed_at)} "
-                                    f"(FIFO: {close.entry_trade_id})")
+                                    f"(FIFO: {want['entry_trade_id']})")
                 if not stored:
                     problems.append("no lot_matches")
                 elif not _same_matches(stored, computed):
@@ -184,18 +193,19 @@ class _Ledger:
                 problems.append("links to lots although nothing was held")
             if problems:
                 yield Violation("unlinked_closes", {"trade_id": trade_id}, "; ".join(problems),
-                                stored=entry, computed=close.entry_trade_id, scope=ticker,
-                                fix={"entry_trade_id": close.entry_trade_id, "matches": computed, "stored": stored} if fixes else None,
+                                stored=entry, computed=want["entry_trade_id"], scope=ticker,
+                                fix={"entry_trade_id": want["entry_trade_id"], "matches": computed, "stored": stored} if fixes else None,
                                 was={"entry_trade_id": entry} if fixes else None)
         if self.pnl_rule is not None:
             tolerance = self.pnl_tol
-            if _differs(pnl, close.realized_pnl, tolerance):
+            expected_pnl = want["realized_pnl"]
+            if money_differs(pnl, expected_pnl, tolerance):
                 yield Violation("realized_pnl_mismatch", {"trade_id": trade_id},
-                                f"close realized_pnl {pnl!r} != FIFO {close.realized_pnl:.6f}",
-                                stored=pnl, computed=close.realized_pnl,
-                                difference=(pnl - close.realized_pnl) if isinstance(pnl, float) else None,
+                                f"close realized_pnl {pnl!r} != FIFO {expected_pnl:.6f}",
+                                stored=pnl, computed=expected_pnl,
+                                difference=(pnl - expected_pnl) if isinstance(pnl, float) else None,
                                 tolerance=tolerance, scope=ticker,
-                                fix={"realized_pnl": close.realized_pnl} if fixes else None,
+                                fix={"realized_pnl": expected_pnl} if fixes else None,
                                 was={"realized_pnl": pnl} if fixes else None)
             if stored:
                 by_entry = {m.entry_trade_id: m for m in computed}
@@ -203,8 +213,9 @@ class _Ledger:
                     expected = by_entry.get(entry_id)
                     if expected is None:
                         continue  # not a FIFO piece: unlinked_closes reports the link
-                    if (_differs(match_pnl, expected.realized_pnl, tolerance) or _differs(entry_price, expected.entry_price, tolerance)
-                            or _differs(match_exit, expected.exit_price, tolerance)):
+                    if (money_differs(match_pnl, expected.realized_pnl, tolerance)
+                            or money_differs(entry_price, expected.entry_price, tolerance)
+                            or money_differs(match_exit, expected.exit_price, tolerance)):
                         yield Violation("realized_pnl_mismatch", {"close_trade_id": trade_id, "entry_trade_id": entry_id},
                                         f"lot match P&L {match_pnl!r} != FIFO {expected.realized_pnl:.6f} "
                                         f"(entry {entry_price!r} vs {expected.entry_price!r}, exit {match_exit!r} vs {expected.exit_price!r})",
@@ -216,34 +227,36 @@ class _Ledger:
                                         was={"realized_pnl": match_pnl, "entry_price": entry_price,
                                              "exit_price": match_exit} if fixes else None)
         if self.status_rule is not None:
-            if status != "CLOSED" or _differs(exit_price, price, self.status_tol) or exit_time != executed_at:
+            if (status != want["status"] or money_differs(exit_price, want["exit_price"], self.status_tol)
+                    or exit_time != want["exit_time"]):
                 yield Violation("lot_status_inconsistent", {"trade_id": trade_id},
                                 f"a close must be CLOSED at its own price and time (stored {status}, {exit_price!r}, {exit_time!r})",
-                                stored=exit_price, computed=price, tolerance=self.status_tol, scope=ticker,
-                                fix={"status": "CLOSED", "exit_price": price, "exit_time": executed_at} if fixes else None,
+                                stored=exit_price, computed=want["exit_price"], tolerance=self.status_tol, scope=ticker,
+                                fix={c: want[c] for c in LOT_ROW_COLUMNS} if fixes else None,
                                 was={"status": status, "exit_price": exit_price, "exit_time": exit_time} if fixes else None)
 
     # -- lots ------------------------------------------------------------------------------------------
     def lot_closed(self, ticker: str, lot: Lot, stored: tuple) -> Iterator[Violation]:
         status, exit_price, exit_time = stored
+        want_status, want_price, want_time = want = lot_row_values(lot)   # CLOSED, weighted exit, last match
         problems = []
-        if status != "CLOSED":
+        if status != want_status:
             problems.append(f"fully consumed but {status}")
         if exit_price is None:
             problems.append("CLOSED without an exit price")
-        elif _differs(exit_price, lot.exit_price, self.status_tol):  # type: ignore[arg-type]
-            problems.append(f"exit price {exit_price!r} is not the weighted exit {lot.exit_price:.6g}")
+        elif money_differs(exit_price, want_price, self.status_tol):
+            problems.append(f"exit price {exit_price!r} is not the weighted exit {want_price:.6g}")
         if exit_time is None:
             problems.append("CLOSED without an exit time")
-        elif exit_time != lot.exit_time:
-            problems.append(f"exit time {exit_time!r} is not the last match's time {lot.exit_time}")
+        elif exit_time != want_time:
+            problems.append(f"exit time {exit_time!r} is not the last match's time {want_time}")
         if problems:
             fixes = self.fixes
             yield Violation("lot_status_inconsistent", {"trade_id": lot.trade_id}, "; ".join(problems),
-                            stored=exit_price, computed=lot.exit_price,
-                            difference=(exit_price - lot.exit_price) if isinstance(exit_price, float) else None,  # type: ignore[operator]
+                            stored=exit_price, computed=want_price,
+                            difference=(exit_price - want_price) if isinstance(exit_price, float) else None,  # type: ignore[operator]
                             tolerance=self.status_tol, scope=ticker,
-                            fix={"status": "CLOSED", "exit_price": lot.exit_price, "exit_time": lot.exit_time} if fixes else None,
+                            fix=dict(zip(LOT_ROW_COLUMNS, want)) if fixes else None,
                             was={"status": status, "exit_price": exit_price, "exit_time": exit_time} if fixes else None)
 
     def finish(self, book: TickerBook, pending: dict[int, tuple], last: tuple | None) -> Iterator[Violation]:
@@ -252,11 +265,11 @@ class _Ledger:
         if self.status_rule is not None:
             for lot in book.lots:
                 stored = pending.get(lot.trade_id)
-                if stored is not None and stored[0] != "OPEN":
+                if stored is not None and stored[0] != lot.status:   # OPEN while quantity remains
                     yield Violation("lot_status_inconsistent", {"trade_id": lot.trade_id},
                                     f"{stored[0]} but {lot.remaining:g} of {lot.quantity:g} is still open",
-                                    stored=stored[0], computed="OPEN", scope=ticker,
-                                    fix={"status": "OPEN", "exit_price": None, "exit_time": None} if self.fixes else None,
+                                    stored=stored[0], computed=lot.status, scope=ticker,
+                                    fix=dict(zip(LOT_ROW_COLUMNS, lot_row_values(lot))) if self.fixes else None,
                                     was={"status": stored[0], "exit_price": stored[1], "exit_time": stored[2]} if self.fixes else None)
         if self.position_rule is not None:
             yield from self.orphans_before(ticker)
@@ -289,12 +302,11 @@ class _Ledger:
             problems.append(f"missing: the ledger holds {computed.quantity:g} in {computed.lots} open lot(s)")
         else:
             stored_qty, stored_price = long_rows[0][2], long_rows[0][3]
-            try:
-                if round_quantity(stored_qty) != round_quantity(computed.quantity):
-                    problems.append(f"quantity {stored_qty!r} != open lots {computed.quantity!r}")
-            except TypeError:
+            if not isinstance(stored_qty, (int, float)):
                 problems.append(f"quantity {stored_qty!r} is not a number")
-            if _differs(stored_price, computed.entry_price, self.position_tol):
+            elif not same_quantity(stored_qty, computed.quantity):
+                problems.append(f"quantity {stored_qty!r} != open lots {computed.quantity!r}")
+            if money_differs(stored_price, computed.entry_price, self.position_tol):
                 problems.append(f"entry price {stored_price!r} != weighted entry {computed.entry_price:.6g}")
         if problems:
             stored = long_rows[0][2] if long_rows else None
@@ -313,10 +325,7 @@ def _same_matches(stored: list[tuple], computed: tuple) -> bool:
     if len(stored) != len(computed):
         return False
     by_entry = {m.entry_trade_id: m.quantity for m in computed}
-    try:
-        return all(s[1] in by_entry and round_quantity(s[2]) == round_quantity(by_entry[s[1]]) for s in stored)
-    except TypeError:
-        return False
+    return all(s[1] in by_entry and same_quantity(s[2], by_entry[s[1]]) for s in stored)
 
 
 #: The shared pass: every rule below that names it is served by one read of the ledger.
@@ -349,9 +358,8 @@ def _repair_links(ctx: CheckContext, rule_: Rule, violations: Iterable[Violation
             key = {"close_trade_id": close_id, "entry_trade_id": match.entry_trade_id}
             if row is None:
                 yield Change(rule_.id, "trading", "lot_matches", "insert", key, None,
-                             {**key, "quantity": match.quantity, "entry_price": match.entry_price, "exit_price": match.exit_price,
-                              "realized_pnl": match.realized_pnl, "matched_at": match.matched_at}, v.key, v.scope)
-            elif round_quantity(row[2]) != round_quantity(match.quantity):
+                             dict(zip(MATCH_COLUMNS, match)), v.key, v.scope)
+            elif not same_quantity(row[2], match.quantity):
                 yield Change(rule_.id, "trading", "lot_matches", "update", key,
                              {"quantity": row[2], "entry_price": row[3], "exit_price": row[4], "realized_pnl": row[5]},
                              {"quantity": match.quantity, "entry_price": match.entry_price, "exit_price": match.exit_price,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from toolkit.accounting import unrealized_pnl
 from toolkit.ledger import position_row
 from toolkit.repair.model import Change, Untouched, changed_columns
 from toolkit.rules.model import CheckContext, Rule, Violation, rule
@@ -44,7 +45,7 @@ def _sync_positions(ctx: CheckContext, rule_: Rule, violations: Iterable[Violati
         price = current["current_price"] if isinstance(current["current_price"], (int, float)) else last_price
         after = {"quantity": position.quantity, "entry_price": position.entry_price, "opened_at": position.opened_at,
                  "updated_at": max(current["updated_at"] or 0, position.opened_at, last_time),
-                 "unrealized_pnl": (price - position.entry_price) * position.quantity}
+                 "unrealized_pnl": unrealized_pnl(position, price)}
         before, after = changed_columns({c: current[c] for c in after}, after)
         yield Change(rule_.id, "positions", "positions", "update", {"ticker": ticker, "side": "long"},
                      before, after, v.key, v.scope)

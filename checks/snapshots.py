@@ -1,28 +1,53 @@
-"""Portfolio snapshots: equity must be cash plus long minus short market value."""
+"""Portfolio snapshots: equity must be cash plus long minus short market value.
+
+The formula is ``toolkit.accounting.equity`` and the comparison ``toolkit.accounting.money_differs``
+(farther apart than the tolerance; NULL equals only NULL, NaN and infinities equal nothing). The
+rule and its guard run inside SQLite, so they say both in SQL, once, in :func:`equity_sql` and
+:func:`equity_differs_sql`; ``tests/test_accounting.py`` holds that SQL to the Python definitions
+on a table of cases.
+"""
 from __future__ import annotations
 
 from toolkit.rules.model import Guard, rule
 
-__all__ = ["RULES"]
+__all__ = ["RULES", "equity_sql", "equity_differs_sql"]
+
+
+def equity_sql(row: str = "") -> str:
+    """``toolkit.accounting.equity(cash, long_value, short_value)`` over a snapshot row, in SQL
+    (``row`` prefixes the columns: ``"NEW."`` in a trigger). NULL when an input is NULL."""
+    return f"({row}cash_balance + {row}long_market_value - {row}short_market_value)"
+
+
+def equity_differs_sql(row: str, tolerance: str) -> str:
+    """``money_differs(total_equity, equity(...), tolerance)`` over a snapshot row, in SQL.
+
+    SQLite has no NaN: ``inf - inf`` is NULL there. So "both NULL" is spelled out as the stored
+    total and an input of the formula being NULL, not as the formula's result being NULL.
+    """
+    no_equity = f"({row}cash_balance IS NULL OR {row}long_market_value IS NULL OR {row}short_market_value IS NULL)"
+    return (f"NOT coalesce(abs({row}total_equity - {equity_sql(row)}) <= {tolerance}, "
+            f"{row}total_equity IS NULL AND {no_equity})")
+
+
+_EQUITY = equity_sql()
 
 
 @rule("snapshot_equity_mismatch", severity="MEDIUM", databases=["trading"], reads=["trading.portfolio_snapshots"],
       key=["snapshot_id"],
-      guards=[Guard("trading.portfolio_snapshots", ("INSERT", "UPDATE"),
-                    "NOT abs(NEW.total_equity - (NEW.cash_balance + NEW.long_market_value - NEW.short_market_value)) <= {tolerance}",
+      guards=[Guard("trading.portfolio_snapshots", ("INSERT", "UPDATE"), equity_differs_sql("NEW.", "{tolerance}"),
                     "total equity must be cash + long market value - short market value")],
       remedy="re-take the snapshot from the ledger; snapshots are history, so the toolkit does not rewrite them")
 def snapshot_equity_mismatch():
     """Snapshots whose total equity is not cash + long market value - short market value."""
-    return """
+    return f"""
         SELECT snapshot_id, total_equity AS stored,
-               cash_balance + long_market_value - short_market_value AS computed,
-               total_equity - (cash_balance + long_market_value - short_market_value) AS difference,
+               {_EQUITY} AS computed,
+               total_equity - {_EQUITY} AS difference,
                :tolerance AS tolerance,
                'snapshot ' || snapshot_date || ': equity ' || total_equity || ' != cash + long - short' AS message
         FROM trading.portfolio_snapshots
-        WHERE NOT abs(total_equity - (cash_balance + long_market_value - short_market_value)) <= :tolerance
-           OR total_equity IS NULL OR cash_balance IS NULL
+        WHERE {equity_differs_sql("", ":tolerance")}
         ORDER BY snapshot_id
     """
 

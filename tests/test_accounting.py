@@ -15,19 +15,29 @@ from hypothesis import strategies as st
 
 from fifo_reference import UNIT, fifo, quantities_for, steps
 from toolkit.accounting import (
+    CLOSED,
+    LOT_ROW_COLUMNS,
+    MATCH_COLUMNS,
+    OPEN,
     QTY_EPSILON,
+    TRADE_ROW_COLUMNS,
     Close,
     Lot,
     OutOfOrderError,
     TickerBook,
     cash_balance,
     cash_effect,
+    close_row_values,
+    equity,
+    lot_row_values,
     money_differs,
+    opening_row_values,
     realized_pnl,
     replay,
-    replay_ticker,
+    replay_book,
     round_quantity,
     same_quantity,
+    unrealized_pnl,
 )
 
 Q = 1e-9  # quantities compare at 1e-9
@@ -229,7 +239,53 @@ def test_money_and_quantity_helpers():
     assert not money_differs(100.0, 100.5, tolerance=1.0) and money_differs(100.0, 101.5, tolerance=1.0)
 
 
-def test_replay_starts_a_new_book_per_ticker_and_replay_ticker_agrees():
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("a, b, same_money, same_qty", [
+    (None, None, True, True),            # NULL equals NULL ...
+    (None, 0.0, False, False),           # ... and nothing else
+    (0.0, None, False, False),
+    (NAN, NAN, False, False),            # NaN equals nothing, itself included
+    (NAN, 1.0, False, False),
+    (1.0, NAN, False, False),
+    (NAN, None, False, False),
+    (INF, INF, False, False),            # nor does an infinity
+    (-INF, -INF, False, False),
+    (INF, 1e308, False, False),
+    ("abc", "abc", False, False),        # text in a REAL column is not an amount
+    ("1.0", 1.0, False, False),
+    (b"\x00", 0.0, False, False),
+    (5, 5.0, True, True),                # an INTEGER column value is a number
+    (100.0, 100.009, True, False),       # money within the tolerance; quantities at 1e-9
+    (0.1 + 0.2, 0.3, True, True),
+    (1.0, 1.0000000004, True, True),
+    (1.0, 1.000000002, True, False),
+])
+def test_one_comparison_rule_for_money_and_quantities(a, b, same_money, same_qty):
+    assert money_differs(a, b) is (not same_money)
+    assert money_differs(b, a) is (not same_money)          # symmetric
+    assert same_quantity(a, b) is same_qty
+    assert same_quantity(b, a) is same_qty
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6)),
+       st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6)),
+       st.sampled_from([0.0, 1e-9, 0.01, 1.0]))
+def test_comparison_rule_properties(a, b, tolerance):
+    differs = money_differs(a, b, tolerance)
+    assert differs == money_differs(b, a, tolerance)
+    if a is None or b is None:
+        assert differs == (a is not b) and same_quantity(a, b) == (a is b)
+    elif not (math.isfinite(a) and math.isfinite(b)):
+        assert differs and not same_quantity(a, b)
+    else:
+        assert differs == (abs(a - b) > tolerance)
+        assert same_quantity(a, b) == (round(a, 9) == round(b, 9))
+
+
+def test_replay_starts_a_new_book_per_ticker_and_replay_book_agrees():
     trades = [("AAA", 1, "BUY", 2.0, 10.0, 1), ("AAA", 3, "SELL", 1.0, 12.0, 3),
               ("BBB", 2, "BUY", 4.0, 5.0, 2), ("BBB", 4, "SELL", 4.0, 4.0, 4)]
     seen = defaultdict(set)
@@ -240,11 +296,74 @@ def test_replay_starts_a_new_book_per_ticker_and_replay_ticker_agrees():
         last[ticker] = book
     assert all(len(books) == 1 for books in seen.values())
     assert last["AAA"].position().quantity == 1.0 and last["BBB"].position() is None
-    bbb = replay_ticker("BBB", [(2, "BUY", 4.0, 5.0, 2), (4, "SELL", 4.0, 4.0, 4)])
-    # (4 - 5) * 4 = -4
-    assert bbb.ticker == "BBB" and bbb.position is None
-    assert [c.realized_pnl for c in bbb.closes] == [-4.0]
-    assert [(lot.trade_id, lot.status, lot.exit_price) for lot in bbb.lots] == [(2, "CLOSED", 4.0)]
+    bbb = replay_book("BBB", [(2, "BUY", 4.0, 5.0, 2), (4, "SELL", 4.0, 4.0, 4)])
+    # 4 bought, 4 sold: flat, nothing open
+    assert bbb.ticker == "BBB" and bbb.position() is None and not bbb.lots and bbb.open_quantity() == 0.0
+    aaa = replay_book("AAA", [(1, "BUY", 2.0, 10.0, 1), (3, "SELL", 1.0, 12.0, 3)])
+    # 2 @ 10 bought, 1 sold: 1 left of lot 1 at 10, opened at 1
+    assert [(lot.trade_id, lot.remaining, lot.status) for lot in aaa.lots] == [(1, 1.0, "OPEN")]
+    assert aaa.position() == ("AAA", 1.0, 10.0, 1, 1) == last["AAA"].position()
+
+
+def test_replay_book_is_the_state_to_record_the_next_trade_on():
+    rows = [(10, "BUY", 10.0, 100.0, 1_000),       # 10 @ 100
+            (11, "BUY", 20.0, 110.0, 1_000),       # 20 @ 110, same second, higher id
+            (12, "SELL", 25.0, 120.0, 1_010)]      # all of lot 10, 15 of lot 11
+    book = replay_book("AAPL", iter(rows))         # any iterable (a cursor in the writer)
+    # 5 of lot 11 remain: 5 @ 110, opened at 1000, one lot
+    assert [(lot.trade_id, lot.remaining) for lot in book.lots] == [(11, 5.0)]
+    assert book.position() == ("AAPL", 5.0, 110.0, 1_000, 1)
+    assert book.shortfall_of(6.0) == 1.0           # 6 wanted, 5 held
+    # the next SELL closes the rest of lot 11: (130 - 110) * 5 = 100; lot 11 exit = (15*120 + 5*130) / 20 = 122.5
+    close = book.sell(13, 5.0, 130.0, 1_020)
+    assert (close.realized_pnl, close.entry_trade_id, close.shortfall) == (100.0, 11, 0.0)
+    assert [(lot.trade_id, lot.exit_price, lot.exit_time) for lot in close.closed_lots] == [(11, 122.5, 1_020)]
+    assert replay_book("EMPTY", []).position() is None
+    with pytest.raises(OutOfOrderError, match=r"AAPL: trade 9 at 1000 does not follow trade 11 at 1000"):
+        replay_book("AAPL", [(10, "BUY", 1.0, 1.0, 1_000), (11, "BUY", 1.0, 1.0, 1_000), (9, "SELL", 1.0, 1.0, 1_000)])
+
+
+def test_row_values_are_what_the_ledger_stores():
+    assert TRADE_ROW_COLUMNS == ("entry_trade_id", "realized_pnl", "status", "exit_price", "exit_time")
+    assert LOT_ROW_COLUMNS == ("status", "exit_price", "exit_time")
+    assert MATCH_COLUMNS == ("close_trade_id", "entry_trade_id", "quantity", "entry_price", "exit_price",
+                             "realized_pnl", "matched_at")
+    assert (OPEN, CLOSED) == ("OPEN", "CLOSED")
+    book = TickerBook("AAPL")
+    lot1 = book.buy(1, 10.0, 100.0, 1_000)
+    # an opening leg: no link, no P&L, OPEN, no exit
+    assert opening_row_values(lot1) == (None, None, "OPEN", None, None)
+    assert lot_row_values(lot1) == ("OPEN", None, None)
+    lot2 = book.buy(2, 20.0, 110.0, 1_010)
+    close = book.sell(3, 25.0, 120.0, 1_020)
+    # the SELL: first lot consumed = 1; P&L (120-100)*10 + (120-110)*15 = 200 + 150 = 350; CLOSED at its price and time
+    assert close_row_values(close) == (1, 350.0, "CLOSED", 120.0, 1_020)
+    # its lot_matches rows are its matches, column for column
+    assert [tuple(m) for m in close.matches] == [(3, 1, 10.0, 100.0, 120.0, 200.0, 1_020), (3, 2, 15.0, 110.0, 120.0, 150.0, 1_020)]
+    # lot 1 fully consumed: CLOSED at 120 at 1020; lot 2 still OPEN (5 left)
+    assert lot_row_values(lot1) == ("CLOSED", 120.0, 1_020) and lot_row_values(lot2) == ("OPEN", None, None)
+    close2 = book.sell(4, 5.0, 130.0, 1_030)
+    # lot 2: (15 * 120 + 5 * 130) / 20 = 122.5, last match at 1030
+    assert lot_row_values(lot2) == ("CLOSED", 122.5, 1_030)
+    assert close_row_values(close2) == (2, 100.0, "CLOSED", 130.0, 1_030)   # (130 - 110) * 5 = 100
+    # the lot's attributes are the same values
+    for lot in (lot1, lot2):
+        assert (lot.status, lot.exit_price, lot.exit_time) == lot_row_values(lot)
+    # an oversell with nothing held: no link, zero P&L, still a CLOSED close at its own price and time
+    nothing = book.sell(5, 1.0, 90.0, 1_040)
+    assert close_row_values(nothing) == (None, 0.0, "CLOSED", 90.0, 1_040)
+
+
+def test_position_and_snapshot_formulas():
+    book = TickerBook("KO")
+    book.buy(1, 2.0, 50.0, 7)
+    book.buy(2, 2.0, 60.0, 8)
+    position = book.position()               # 4 @ 55
+    assert unrealized_pnl(position, 58.0) == approx(12.0)     # (58 - 55) * 4
+    assert unrealized_pnl(position, 50.0) == approx(-20.0)    # (50 - 55) * 4
+    assert equity(1000.0, 500.0, 100.0) == 1400.0             # 1000 + 500 - 100
+    assert equity(1000.25, 500.25, 0.0) == 1500.5
+    assert equity(-50.0, 0.0, 0.0) == -50.0
 
 
 # -- properties against the independent FIFO -------------------------------------------------------
@@ -348,15 +467,152 @@ def test_core_equals_independent_fifo(trades):
         math.fsum(m.realized_pnl for c in closes.values() for m in c.matches), 1e-6)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(core_trades())
-def test_replay_ticker_equals_replay(trades):
+def test_replay_book_equals_independent_fifo_and_replay(trades):
+    ref = fifo(trades)
     ordered = sorted(trades, key=lambda t: (t[0], t[5], t[1]))
-    streamed: dict[str, list] = defaultdict(list)
-    for ticker, _, _, outcome in replay(ordered):
-        if isinstance(outcome, Close):
-            streamed[ticker].append((outcome.trade_id, outcome.matches, outcome.shortfall))
+    streamed: dict[str, TickerBook] = {}
+    for ticker, book, _, _ in replay(ordered):
+        streamed[ticker] = book
     for ticker in {t[0] for t in trades}:
-        result = replay_ticker(ticker, [t[1:] for t in ordered if t[0] == ticker])
-        assert [(c.trade_id, c.matches, c.shortfall) for c in result.closes] == streamed[ticker]
-        assert [lot.trade_id for lot in result.lots] == [t[1] for t in ordered if t[0] == ticker and t[2] == "BUY"]
+        book = replay_book(ticker, [t[1:] for t in ordered if t[0] == ticker])
+        # the open lots, FIFO order, remaining quantities at 1e-9: the independent FIFO's
+        assert [(lot.trade_id, round(lot.remaining, 9)) for lot in book.lots] == [
+            (lot.trade_id, round(float(lot.remaining), 9)) for lot in ref.open_lots(ticker)]
+        position, want = book.position(), ref.positions.get(ticker)
+        if want is None:
+            assert position is None
+        else:
+            assert position.quantity == approx(float(want.quantity), Q)
+            assert math.isclose(position.entry_price, float(want.entry_price), rel_tol=1e-9)
+            assert (position.opened_at, position.lots) == (want.opened_at, want.lots)
+        # and the streaming replay ends in the same book, to the exact bit
+        assert [(lot.trade_id, lot.remaining, lot.matched_value) for lot in book.lots] == [
+            (lot.trade_id, lot.remaining, lot.matched_value) for lot in streamed[ticker].lots]
+        assert position == streamed[ticker].position()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(core_trades())
+def test_row_values_equal_independent_fifo(trades):
+    """What the writer, the fixtures and the rules store for each trade, against the independent FIFO."""
+    ref = fifo(trades)
+    ordered = sorted(trades, key=lambda t: (t[0], t[5], t[1]))
+    lots: dict[int, Lot] = {}
+    for _, _, trade, outcome in replay(ordered):
+        if isinstance(outcome, Close):
+            entry, pnl, status, exit_price, exit_time = close_row_values(outcome)
+            want = ref.sells[trade[1]]
+            assert entry == want.entry_trade_id
+            assert pnl == approx(float(want.realized_pnl))
+            assert (status, exit_price, exit_time) == ("CLOSED", trade[4], trade[5])
+        else:
+            # when written, a BUY is an open lot with no link and no P&L
+            assert opening_row_values(outcome) == (None, None, "OPEN", None, None)
+            lots[trade[1]] = outcome
+    for trade_id, lot in lots.items():
+        status, exit_price, exit_time = lot_row_values(lot)
+        want = ref.lots[trade_id]
+        assert (status, exit_time) == (want.status, want.exit_time)
+        if want.exit_price is None:
+            assert exit_price is None
+        else:
+            assert math.isclose(exit_price, float(want.exit_price), rel_tol=1e-12, abs_tol=1e-9)
+
+
+# -- the snapshot rule says accounting.equity and accounting.money_differs in SQL ------------------
+
+def _snapshot_verdicts(cases: list[tuple], tolerance: float) -> tuple[set[int], set[int], dict[int, object]]:
+    """Run the snapshot_equity_mismatch rule's own SQL, and its guard, over ``cases``
+    ``(total_equity, cash, long_value, short_value)``: (reported ids, refused ids, equity by id)."""
+    import sqlite3
+
+    from toolkit.checks.snapshots import equity_sql
+    from toolkit.checks.snapshots import snapshot_equity_mismatch as rule
+
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute("ATTACH ':memory:' AS trading")
+    # the columns the rule reads, without the schema's NOT NULL (so that NULL cases can be stored)
+    conn.execute("CREATE TABLE trading.portfolio_snapshots (snapshot_id INTEGER PRIMARY KEY, snapshot_date TEXT, "
+                 "total_equity REAL, cash_balance REAL, long_market_value REAL, short_market_value REAL)")
+    conn.executemany("INSERT INTO trading.portfolio_snapshots VALUES (?, '2025-01-02', ?, ?, ?, ?)",
+                     [(n, *case) for n, case in enumerate(cases)])
+    rows = conn.execute(rule.sql, {"tolerance": tolerance}).fetchall()
+    reported = {row[0] for row in rows}
+    computed = {row[0]: row[2] for row in rows}         # the rule's computed column where it reports
+    for snapshot_id, value in conn.execute(f"SELECT snapshot_id, {equity_sql()} FROM trading.portfolio_snapshots"):
+        assert computed.setdefault(snapshot_id, value) == value
+    (guard,) = rule.guards
+    conn.execute("CREATE TABLE trading.attempts AS SELECT * FROM trading.portfolio_snapshots WHERE 0")
+    conn.execute(f"CREATE TEMP TRIGGER guard BEFORE INSERT ON attempts FOR EACH ROW "
+                 f"WHEN {guard.when.replace('{tolerance}', repr(tolerance))} BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    refused = set()
+    for n, case in enumerate(cases):
+        try:
+            conn.execute("INSERT INTO trading.attempts VALUES (?, '2025-01-02', ?, ?, ?, ?)", (n, *case))
+        except sqlite3.IntegrityError:
+            refused.add(n)
+    conn.close()
+    return reported, refused, computed
+
+
+def _expected_verdicts(cases: list[tuple], tolerance: float) -> tuple[set[int], dict[int, object]]:
+    """The same cases through toolkit.accounting (SQL's NULL in → NULL out for the formula's inputs)."""
+    flagged, computed = set(), {}
+    for n, (total, cash, long_value, short_value) in enumerate(cases):
+        value = None if None in (cash, long_value, short_value) else equity(cash, long_value, short_value)
+        computed[n] = value
+        if money_differs(total, value, tolerance):
+            flagged.add(n)
+    return flagged, computed
+
+
+EQUITY_CASES = [
+    # (total_equity, cash, long, short)
+    (1400.0, 1000.0, 500.0, 100.0),          # 1000 + 500 - 100 = 1400 exactly
+    (1400.009, 1000.0, 500.0, 100.0),        # within 0.01
+    (1400.011, 1000.0, 500.0, 100.0),        # 0.011 off
+    (1399.98, 1000.0, 500.0, 100.0),         # 0.02 under
+    (1500.5, 1000.25, 500.25, 0.0),          # long-only, fractional
+    (0.30000000000000004, 0.1, 0.2, 0.0),    # float noise far below the tolerance
+    (-50.0, -50.0, 0.0, 0.0),                # negative cash
+    (1e15 + 0.5, 1e15, 0.5, 0.0),            # large amounts
+    (None, 1000.0, 500.0, 100.0),            # NULL equity stored, a number computed: differs
+    (1400.0, None, 500.0, 100.0),            # a number stored, NULL computed: differs
+    (1400.0, 1000.0, None, 100.0),
+    (1400.0, 1000.0, 500.0, None),
+    (None, None, 500.0, 100.0),              # NULL and NULL: equal
+    (None, 1000.0, None, None),
+    (math.inf, 1000.0, 500.0, 100.0),        # an infinity equals nothing
+    (1400.0, math.inf, 500.0, 100.0),
+    (math.inf, math.inf, 0.0, 0.0),
+    (None, math.inf, 0.0, math.inf),         # inf - inf: NaN (NULL in SQLite), and NaN is not NULL
+    (math.inf, math.inf, 0.0, math.inf),
+]
+
+
+@pytest.mark.parametrize("tolerance", [0.01, 1.0, 0.0])
+def test_snapshot_rule_and_guard_say_accounting_equity(tolerance):
+    reported, refused, computed = _snapshot_verdicts(EQUITY_CASES, tolerance)
+    flagged, expected = _expected_verdicts(EQUITY_CASES, tolerance)
+    assert reported == flagged
+    assert refused == flagged                 # the guard refuses exactly what the rule would report
+    for n, value in expected.items():         # the rule's computed column is equity(), to the bit (NaN: NULL)
+        assert computed[n] == (None if value is not None and math.isnan(value) else value)
+    if tolerance == 0.01:                     # hand-checked: which of the cases are mismatches
+        assert flagged == {2, 3, 8, 9, 10, 11, 14, 15, 16, 17, 18}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(*[st.one_of(st.none(), st.floats(-1e12, 1e12), st.integers(-10**9, 10**9),
+                                      st.sampled_from([math.inf, -math.inf]))] * 4), min_size=1, max_size=20),
+       st.sampled_from([0.0, 0.01, 0.5, 100.0]))
+def test_snapshot_rule_agrees_with_accounting_on_any_rows(cases, tolerance):
+    # totals near the formula's value, so the tolerance edge is exercised too
+    near = [(equity(c, lv, sv) + d if None not in (c, lv, sv) and isinstance(d, float) and math.isfinite(d)
+             and abs(d) < 1 else d, c, lv, sv) for d, c, lv, sv in cases]
+    for rows in (cases, near):
+        reported, refused, _ = _snapshot_verdicts(rows, tolerance)
+        flagged, _ = _expected_verdicts(rows, tolerance)
+        assert reported == flagged == refused

@@ -11,11 +11,23 @@ commission``. The open position of a ticker is the sum of its remaining lot quan
 quantity-weighted entry price of the remaining lots.
 
 Everything in the toolkit that needs these numbers — the trade writer, the session fixtures, the
-integrity rules and the repairs — calls this module. It streams: :func:`replay` walks trades in
-(ticker, time) order holding only the open lots of the current ticker.
+integrity rules and the repairs — calls this module:
+
+- replaying: :func:`replay_book` feeds one ticker's trades into a :class:`TickerBook`;
+  :func:`replay` streams many tickers' trades in (ticker, time) order, holding only the open lots
+  of the current ticker; a caller that needs each trade's outcome as it comes (the ledger scan, the
+  session generator) calls :meth:`TickerBook.buy` / :meth:`TickerBook.sell` itself;
+- the stored values: :func:`close_row_values` (a SELL's own ``trades`` row), :func:`opening_row_values`
+  (a BUY's), :func:`lot_row_values` (a lot's status and exit), and :class:`Match`, which is a
+  ``lot_matches`` row;
+- comparing: :func:`money_differs` and :func:`same_quantity`, with one rule for NULL and NaN;
+- formulas: :func:`cash_balance`, :func:`cash_effect`, :func:`realized_pnl`,
+  :func:`unrealized_pnl`, :func:`equity`.
 
 Quantities compare exactly after rounding to 1e-9 (:data:`QTY_DECIMALS`); money compares within a
-tolerance (:data:`MONEY_TOLERANCE`, configurable per rule).
+tolerance (:data:`MONEY_TOLERANCE`, configurable per rule). In both, NULL (``None``) equals only
+NULL, and a value that is not a finite number (NaN, an infinity, text) equals nothing, itself
+included.
 """
 from __future__ import annotations
 
@@ -33,12 +45,21 @@ __all__ = [
     "Close",
     "Position",
     "TickerBook",
-    "TickerReplay",
     "replay",
-    "replay_ticker",
+    "replay_book",
+    "OPEN",
+    "CLOSED",
+    "TRADE_ROW_COLUMNS",
+    "LOT_ROW_COLUMNS",
+    "MATCH_COLUMNS",
+    "close_row_values",
+    "opening_row_values",
+    "lot_row_values",
     "realized_pnl",
+    "unrealized_pnl",
     "cash_balance",
     "cash_effect",
+    "equity",
     "same_quantity",
     "round_quantity",
     "money_differs",
@@ -51,29 +72,60 @@ QTY_DECIMALS = 9
 QTY_EPSILON = 0.5 * 10.0 ** -QTY_DECIMALS
 #: Default tolerance for money comparisons (cash, P&L, prices).
 MONEY_TOLERANCE = 0.01
+#: A lot's status while quantity remains / once fully consumed; a close is always CLOSED.
+OPEN = "OPEN"
+CLOSED = "CLOSED"
 
 
 def round_quantity(value: float) -> float:
+    """A quantity at the ledger's precision (1e-9)."""
     return round(value, QTY_DECIMALS)
 
 
-def same_quantity(a: float, b: float) -> bool:
-    """Quantities are equal when they agree after rounding to 1e-9."""
-    return round(a, QTY_DECIMALS) == round(b, QTY_DECIMALS)
+# The comparison rule, the same for quantities and money (and so for every stored value a rule
+# compares with a computed one): NULL (None) equals only NULL; a value that is not a finite number
+# — NaN, an infinity, text or a blob stored in a REAL column — equals nothing, itself included.
+
+def same_quantity(a: object, b: object) -> bool:
+    """Quantities are equal when they agree after rounding to 1e-9.
+
+    ``None`` equals only ``None``; NaN, an infinity or a value that is not a number equals nothing.
+    """
+    if a is None or b is None:
+        return a is b
+    try:
+        ra, rb = round(a, QTY_DECIMALS), round(b, QTY_DECIMALS)  # type: ignore[call-overload]
+    except TypeError:
+        return False
+    return ra == rb and ra - rb == 0.0   # inf - inf is NaN: infinities are never the same quantity
 
 
-def money_differs(stored: float | None, computed: float | None, tolerance: float = MONEY_TOLERANCE) -> bool:
-    """True when two money amounts disagree by more than ``tolerance`` (NULL only equals NULL)."""
-    if stored is None or computed is None:
-        return stored is not computed
-    if isinstance(stored, float) and math.isnan(stored):
+def money_differs(a: object, b: object, tolerance: float = MONEY_TOLERANCE) -> bool:
+    """True when two money amounts are not the same amount within ``tolerance`` (symmetric).
+
+    ``None`` equals only ``None``; NaN, an infinity or a value that is not a number equals nothing.
+    """
+    if a is None or b is None:
+        return a is not b
+    try:
+        return not abs(a - b) <= tolerance  # type: ignore[operator]  # NaN (also inf - inf) is never <=
+    except TypeError:
         return True
-    return abs(stored - computed) > tolerance
 
 
 def realized_pnl(entry_price: float, exit_price: float, quantity: float) -> float:
     """P&L of closing ``quantity`` bought at ``entry_price`` and sold at ``exit_price`` (gross)."""
     return (exit_price - entry_price) * quantity
+
+
+def unrealized_pnl(position: Position, price: float) -> float:
+    """P&L of an open position marked at ``price`` (gross)."""
+    return (price - position.entry_price) * position.quantity
+
+
+def equity(cash: float, long_value: float, short_value: float) -> float:
+    """A portfolio snapshot's total equity: cash plus long minus short market value."""
+    return cash + long_value - short_value
 
 
 def cash_effect(action: str, quantity: float, price: float, commission: float) -> float:
@@ -126,20 +178,22 @@ class Lot:
     def closed(self) -> bool:
         return self.remaining == 0.0
 
+    # status, exit price and exit time are defined once, by lot_row_values (what the ledger stores)
+
     @property
     def status(self) -> str:
-        return "CLOSED" if self.remaining == 0.0 else "OPEN"
+        """OPEN while quantity remains, CLOSED once fully consumed."""
+        return lot_row_values(self)[0]
 
     @property
     def exit_price(self) -> float | None:
         """Quantity-weighted average exit price once CLOSED; ``None`` while OPEN."""
-        if self.remaining != 0.0 or self.matched_quantity <= 0.0:
-            return None
-        return self.matched_value / self.matched_quantity
+        return lot_row_values(self)[1]
 
     @property
     def exit_time(self) -> int | None:
-        return self.last_exit_time if self.remaining == 0.0 else None
+        """The time of the last match once CLOSED; ``None`` while OPEN."""
+        return lot_row_values(self)[2]
 
     def __repr__(self) -> str:
         return (f"Lot(trade_id={self.trade_id}, executed_at={self.executed_at}, quantity={self.quantity!r}, "
@@ -286,15 +340,6 @@ class TickerBook:
         return Position(self.ticker, quantity, cost / quantity, self.lots[0].executed_at, len(self.lots))
 
 
-class TickerReplay(NamedTuple):
-    """Everything the ledger says about one ticker, from its trades alone."""
-
-    ticker: str
-    closes: tuple[Close, ...]
-    lots: tuple[Lot, ...]          # every lot, in FIFO order, in its final state
-    position: Position | None
-
-
 #: A trade as the accounting needs it: the executed facts only.
 #: (ticker, trade_id, action, quantity, price, executed_at)
 TradeFacts = tuple[str, int, str, float, float, int]
@@ -318,14 +363,60 @@ def replay(trades: Iterable[TradeFacts]) -> Iterator[tuple[str, TickerBook, Trad
             yield ticker, book, trade, book.sell(trade_id, quantity, price, executed_at)
 
 
-def replay_ticker(ticker: str, trades: Iterable[tuple[int, str, float, float, int]]) -> TickerReplay:
-    """Replay one ticker's trades ``(trade_id, action, quantity, price, executed_at)`` in order."""
+def replay_book(ticker: str, rows: Iterable[tuple[int, str, float, float, int]]) -> TickerBook:
+    """The book of one ticker after its trades ``(trade_id, action, quantity, price, executed_at)``.
+
+    ``rows`` come in (``executed_at``, ``trade_id``) order (:class:`OutOfOrderError` otherwise); a
+    BUY opens a lot and any other row closes FIFO, as in :func:`replay`. The returned book holds the
+    lots still open: its :meth:`~TickerBook.position`, :meth:`~TickerBook.open_quantity`, and the
+    state to record the ticker's next trade on.
+    """
     book = TickerBook(ticker)
-    closes: list[Close] = []
-    lots: list[Lot] = []
-    for trade_id, action, quantity, price, executed_at in trades:
+    buy, sell = book.buy, book.sell
+    for trade_id, action, quantity, price, executed_at in rows:
         if action == "BUY":
-            lots.append(book.buy(trade_id, quantity, price, executed_at))
+            buy(trade_id, quantity, price, executed_at)
         else:
-            closes.append(book.sell(trade_id, quantity, price, executed_at))
-    return TickerReplay(ticker, tuple(closes), tuple(lots), book.position())
+            sell(trade_id, quantity, price, executed_at)
+    return book
+
+
+# -- the stored values ---------------------------------------------------------------------------
+# How an outcome of the FIFO is written to the ledger. The trade writer, the session fixtures and
+# the integrity rules and repairs all take the values from here.
+
+#: The columns of a ``trades`` row that the accounting decides (the executed facts and the bot's
+#: labels are the rest), in the order :func:`close_row_values` and :func:`opening_row_values` return them.
+TRADE_ROW_COLUMNS = ("entry_trade_id", "realized_pnl", "status", "exit_price", "exit_time")
+
+#: The columns of a lot's ``trades`` row that change as the lot is consumed (:func:`lot_row_values`).
+LOT_ROW_COLUMNS = ("status", "exit_price", "exit_time")
+
+#: The columns of a ``lot_matches`` row: a :class:`Match` is that row, in this order.
+MATCH_COLUMNS = Match._fields
+
+
+def close_row_values(close: Close) -> tuple[int | None, float, str, float, int]:
+    """A SELL's own ``trades`` values (:data:`TRADE_ROW_COLUMNS`): linked to the first lot it
+    consumed, carrying the sum of its matches' P&L, CLOSED at its own price and time."""
+    return (close.entry_trade_id, close.realized_pnl, CLOSED, close.price, close.executed_at)
+
+
+def opening_row_values(lot: Lot) -> tuple[None, None, str, float | None, int | None]:
+    """A BUY's own ``trades`` values (:data:`TRADE_ROW_COLUMNS`): an opening leg links to no lot and
+    never carries realized P&L; its status and exit are the lot's (:func:`lot_row_values`)."""
+    return (None, None, *lot_row_values(lot))
+
+
+_OPEN_LOT_ROW = (OPEN, None, None)
+
+
+def lot_row_values(lot: Lot) -> tuple[str, float | None, int | None]:
+    """A lot's ``status, exit_price, exit_time`` (:data:`LOT_ROW_COLUMNS`): OPEN with no exit while
+    quantity remains; CLOSED at the quantity-weighted average exit price of its matches and the
+    time of the last one once fully consumed. (:attr:`Lot.status`, :attr:`Lot.exit_price` and
+    :attr:`Lot.exit_time` are these values; the ledger scan calls this once per closed lot.)"""
+    if lot.remaining != 0.0:
+        return _OPEN_LOT_ROW
+    matched = lot.matched_quantity
+    return (CLOSED, lot.matched_value / matched if matched > 0.0 else None, lot.last_exit_time)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 import re
-
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from .accounting import same_quantity
 
 __all__ = [
     "Guard",
@@ -111,7 +112,7 @@ def trade_problems(
         problems.append(f"action must be BUY or SELL, got {action!r}")
     if not is_finite_number(quantity) or quantity <= 0:
         problems.append(f"quantity must be a finite number > 0, got {quantity!r}")
-    elif round(quantity, 9) == 0:
+    elif same_quantity(quantity, 0.0):
         # Quantities are kept to 1e-9 (SPEC §3): such a lot could never be matched, and a SELL of it
         # would be recorded without any lot match.
         problems.append(f"quantity {quantity!r} is 0 at the ledger's 1e-9 quantity precision")

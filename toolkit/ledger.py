@@ -2,7 +2,7 @@
 
 Writing a trade::
 
-    BEGIN IMMEDIATE                       (trading.db and positions.db; waits for other writers)
+    BEGIN IMMEDIATE  (db.atomic)          (trading.db and positions.db; waits for other writers)
       replay the ticker's executed trades through toolkit.accounting (never trusting stored links)
       refuse an oversell, a backdated trade, a bad value
       INSERT the trade, its lot_matches; UPDATE the lots it closed; UPDATE the account's cash
@@ -24,12 +24,29 @@ import math
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .accounting import Close, Lot, Match, Position, TickerBook, cash_effect, replay
+from .accounting import (
+    LOT_ROW_COLUMNS,
+    MATCH_COLUMNS,
+    TRADE_ROW_COLUMNS,
+    Close,
+    Lot,
+    Match,
+    Position,
+    TickerBook,
+    cash_effect,
+    close_row_values,
+    lot_row_values,
+    opening_row_values,
+    replay,
+    replay_book,
+    unrealized_pnl,
+)
 from .config import Settings, load_settings
-from .db import open_databases, translate_error
+from .db import atomic, translate_error
 from .domain import trade_problems
 from .errors import LedgerError, NotInitialisedError, OversellError
 
@@ -106,7 +123,13 @@ class LedgerStats:
 
 
 _TRADE_COLUMNS = ("trade_id, run_id, ticker, action, quantity, price, commission, executed_at, is_close, "
-                  "entry_trade_id, realized_pnl, status, exit_price, exit_time, order_id, strategy")
+                  f"{', '.join(TRADE_ROW_COLUMNS)}, order_id, strategy")
+# How the accounting's values are written (toolkit.accounting: close_row_values, opening_row_values,
+# lot_row_values; a Match is a lot_matches row).
+_INSERT_TRADE = f"INSERT INTO trading.trades ({_TRADE_COLUMNS}) VALUES ({', '.join('?' * (_TRADE_COLUMNS.count(',') + 1))})"
+_INSERT_MATCH = (f"INSERT INTO trading.lot_matches ({', '.join(MATCH_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(MATCH_COLUMNS))})")
+_UPDATE_LOT = f"UPDATE trading.trades SET {', '.join(f'{c} = ?' for c in LOT_ROW_COLUMNS)} WHERE trade_id = ?"
 
 
 def position_row(position: Position, last_price: float, updated_at: int, strategy: str | None) -> dict:
@@ -117,7 +140,7 @@ def position_row(position: Position, last_price: float, updated_at: int, strateg
         "quantity": position.quantity,
         "entry_price": position.entry_price,
         "current_price": last_price,
-        "unrealized_pnl": (last_price - position.entry_price) * position.quantity,
+        "unrealized_pnl": unrealized_pnl(position, last_price),
         "opened_at": position.opened_at,
         "updated_at": max(updated_at, position.opened_at),
         "strategy": strategy,
@@ -205,15 +228,15 @@ class TradeStore:
     def connection(self) -> sqlite3.Connection:
         return self._conn
 
-    def _begin(self, what: str) -> None:
+    @contextmanager
+    def _transaction(self, what: str, database: str = "trading") -> Iterator[None]:
+        """One write transaction (``db.atomic``); an SQLite error names the file and what was being done."""
+        path = self.settings.path(database)
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
+            with atomic(self._conn, path=path, action=what):
+                yield
         except sqlite3.Error as exc:
-            raise translate_error(exc, self.settings.path("trading"), action=what) from exc
-
-    def _rollback(self) -> None:
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
+            raise translate_error(exc, path, action=what) from exc
 
     # -- the account -------------------------------------------------------------------------------
 
@@ -223,22 +246,17 @@ class TradeStore:
         if not (isinstance(starting_capital, (int, float)) and math.isfinite(starting_capital) and starting_capital >= 0):
             raise LedgerError(f"starting capital must be a finite number >= 0, got {starting_capital!r}")
         now = int(at if at is not None else time.time())
-        self._begin("opening the account")
-        try:
+        with self._transaction("opening the account"):
             row = self._conn.execute("SELECT starting_capital, cash_balance FROM trading.account WHERE account_id = 1").fetchone()
-            if row is not None:
-                self._rollback()
-                if row[0] != starting_capital:
-                    raise LedgerError(f"the account already exists with starting capital {row[0]:g}, not {starting_capital:g}")
-                return row[1]
-            self._conn.execute(
-                "INSERT INTO trading.account (account_id, starting_capital, cash_balance, currency, created_at, updated_at) "
-                "VALUES (1, ?, ?, ?, ?, ?)", (starting_capital, starting_capital, currency, now, now))
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
-        return float(starting_capital)
+            if row is None:
+                self._conn.execute(
+                    "INSERT INTO trading.account (account_id, starting_capital, cash_balance, currency, created_at, updated_at) "
+                    "VALUES (1, ?, ?, ?, ?, ?)", (starting_capital, starting_capital, currency, now, now))
+        if row is None:
+            return float(starting_capital)
+        if row[0] != starting_capital:
+            raise LedgerError(f"the account already exists with starting capital {row[0]:g}, not {starting_capital:g}")
+        return row[1]
 
     @_writes
     def adjust_cash(self, amount: float, reason: str, *, at: int | None = None) -> float:
@@ -248,15 +266,10 @@ class TradeStore:
         if not isinstance(reason, str) or not reason.strip():
             raise LedgerError("an adjustment needs a reason (deposit, withdrawal, correction: ...)")
         now = int(at if at is not None else time.time())
-        self._begin("adjusting cash")
-        try:
+        with self._transaction("adjusting cash"):
             self._conn.execute("INSERT INTO trading.account_adjustments (amount, reason, created_at) VALUES (?, ?, ?)",
                                (amount, reason.strip(), now))
             cash = self._apply_cash(amount, now)
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
         return cash
 
     def _apply_cash(self, delta: float, now: int) -> float:
@@ -270,16 +283,9 @@ class TradeStore:
     # -- writing trades ----------------------------------------------------------------------------
 
     def _book(self, ticker: str) -> TickerBook:
-        book = TickerBook(ticker)
-        rows = self._conn.execute(
+        return replay_book(ticker, self._conn.execute(
             "SELECT trade_id, action, quantity, price, executed_at FROM trading.trades "
-            "WHERE ticker = ? ORDER BY executed_at, trade_id", (ticker,))
-        for trade_id, action, quantity, price, executed_at in rows:
-            if action == "BUY":
-                book.buy(trade_id, quantity, price, executed_at)
-            else:
-                book.sell(trade_id, quantity, price, executed_at)
-        return book
+            "WHERE ticker = ? ORDER BY executed_at, trade_id", (ticker,)))
 
     @_writes
     def record(
@@ -309,8 +315,7 @@ class TradeStore:
         problems = trade_problems(ticker, action, quantity, price, commission, when, run_id)
         if problems:
             raise LedgerError(f"trade refused: {'; '.join(problems)}")
-        self._begin(f"recording a {action} of {ticker}")
-        try:
+        with self._transaction(f"recording a {action} of {ticker}"):
             last = self._conn.execute(
                 "SELECT executed_at FROM trading.trades WHERE ticker = ? ORDER BY executed_at DESC, trade_id DESC LIMIT 1",
                 (ticker,)).fetchone()
@@ -329,13 +334,6 @@ class TradeStore:
                 outcome = book.buy(trade_id, quantity, price, when)
             self._insert_trade(trade_id, ticker, action, quantity, price, commission, when, run_id, order_id, strategy, outcome)
             cash = self._apply_cash(cash_effect(action, quantity, price, commission), when)
-            self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise translate_error(exc, self.settings.path("trading"), action=f"recording a {action} of {ticker}") from exc
-        except BaseException:
-            self._rollback()
-            raise
         closed = outcome.closed_lots if isinstance(outcome, Close) else ()
         self._project(book, trade_id, price, when, strategy, closed)
         return TradeResult(
@@ -360,27 +358,19 @@ class TradeStore:
                       outcome: Close | Lot) -> None:
         conn = self._conn
         if isinstance(outcome, Close):
-            conn.execute(
-                f"INSERT INTO trading.trades ({_TRADE_COLUMNS}) VALUES (?, ?, ?, 'SELL', ?, ?, ?, ?, 1, ?, ?, 'CLOSED', ?, ?, ?, ?)",
-                (trade_id, run_id, ticker, quantity, price, commission, when, outcome.entry_trade_id,
-                 outcome.realized_pnl, price, when, order_id, strategy))
-            conn.executemany(
-                "INSERT INTO trading.lot_matches (close_trade_id, entry_trade_id, quantity, entry_price, exit_price, "
-                "realized_pnl, matched_at) VALUES (?, ?, ?, ?, ?, ?, ?)", outcome.matches)
-            conn.executemany(
-                "UPDATE trading.trades SET status = 'CLOSED', exit_price = ?, exit_time = ? WHERE trade_id = ?",
-                [(lot.exit_price, lot.exit_time, lot.trade_id) for lot in outcome.closed_lots])
+            conn.execute(_INSERT_TRADE, (trade_id, run_id, ticker, "SELL", quantity, price, commission, when, 1,
+                                         *close_row_values(outcome), order_id, strategy))
+            conn.executemany(_INSERT_MATCH, outcome.matches)
+            conn.executemany(_UPDATE_LOT, [(*lot_row_values(lot), lot.trade_id) for lot in outcome.closed_lots])
         else:
-            conn.execute(
-                f"INSERT INTO trading.trades ({_TRADE_COLUMNS}) VALUES (?, ?, ?, 'BUY', ?, ?, ?, ?, 0, NULL, NULL, 'OPEN', NULL, NULL, ?, ?)",
-                (trade_id, run_id, ticker, quantity, price, commission, when, order_id, strategy))
+            conn.execute(_INSERT_TRADE, (trade_id, run_id, ticker, "BUY", quantity, price, commission, when, 0,
+                                         *opening_row_values(outcome), order_id, strategy))
 
     def _project(self, book: TickerBook, trade_id: int, price: float, when: int,
                  strategy: str | None, closed: tuple[Lot, ...]) -> None:
         """Bring positions.db in line with the ticker's book (second transaction; see module doc)."""
         ticker = book.ticker
-        self._begin(f"updating the {ticker} position")
-        try:
+        with self._transaction(f"updating the {ticker} position", "positions"):
             latest = self._conn.execute(
                 "SELECT trade_id FROM trading.trades WHERE ticker = ? ORDER BY executed_at DESC, trade_id DESC LIMIT 1",
                 (ticker,)).fetchone()
@@ -399,13 +389,6 @@ class TradeStore:
                 self._conn.executemany(INSERT_CLOSED_POSITION, [
                     closed_position_row(lot, ticker, facts[lot.trade_id][0], facts[lot.trade_id][1]) for lot in closed
                 ])
-            self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise translate_error(exc, self.settings.path("positions"), action=f"updating the {ticker} position") from exc
-        except BaseException:
-            self._rollback()
-            raise
 
     # -- reading -----------------------------------------------------------------------------------
 
