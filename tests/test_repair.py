@@ -588,9 +588,9 @@ def test_verification_scope_comes_from_the_rows_written_not_from_the_planner(pro
 
 
 @pytest.mark.parametrize("planner, status, expected", [
-    # refused while planning (nothing was written to roll back): the plan's connection is read-only
+    # refused while planning (nothing was written to roll back): planning reads only
     (_delete_change, "error", "tried to delete a ledger row"),
-    (_delete_directly, "error", "readonly database"),
+    (_delete_directly, "error", "nothing is written while planning the repair"),
     # refused while applying, by the guarded connection
     (_reprice, "rolled back", "UPDATE of trades.price is refused"),
 ], ids=["delete-change", "delete-through-the-connection", "rewrite-executed-price"])

@@ -203,14 +203,17 @@ def integrity_repair(ctx: click.Context, rule_ids: tuple[str, ...], apply_plan: 
         return EXIT_OK
     from ..repair.apply import apply_repairs
     from ..repair.plan import RepairPlan, plan_repairs
-    from ..report import render_plan, render_repair
-
     from ..outputs import refuse_output_over_input
+    from ..report import render_plan
 
     settings = _settings(ctx)
     if save_plan is not None:
         refuse_output_over_input(settings, save_plan, "--save-plan")
     registry = _registry(settings)
+    if apply_plan == "" and yes and save_plan is None:
+        # Nothing to show or keep first: plan inside the repair's own transaction (one census).
+        result = apply_repairs(settings, registry=registry, rule_ids=rule_ids or None, sample=sample, progress=_progress())
+        return _repaired(result, fmt)
     if apply_plan:
         if rule_ids:
             raise click.UsageError("--rule cannot narrow a saved plan; make a new plan with --rule instead")
@@ -233,6 +236,12 @@ def integrity_repair(ctx: click.Context, rule_ids: tuple[str, ...], apply_plan: 
         result = apply_repairs(settings, registry=registry, plan=plan, progress=_progress())
     finally:
         plan.close()
+    return _repaired(result, fmt)
+
+
+def _repaired(result: Any, fmt: str) -> int:
+    from ..report import render_repair
+
     _print_reconciled(result.reconciled)
     for item in result.backups:
         _echo_err(f"backup: {item.database} -> {item.path}")

@@ -85,6 +85,11 @@ class GuardedCursor(sqlite3.Cursor):
         raise GuardrailViolation("executescript is refused: it commits any open transaction first; run statements one by one")
 
 
+#: Authorizer actions that only read (a PRAGMA is judged by the policy: quick_check and the like read).
+_READS = frozenset({sqlite3.SQLITE_READ, sqlite3.SQLITE_SELECT, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_PRAGMA,
+                    sqlite3.SQLITE_RECURSIVE, sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT})
+
+
 class GuardedConnection(sqlite3.Connection):
     """A connection whose statements pass the guardrails (and, inside a session, the session's)."""
 
@@ -96,13 +101,16 @@ class GuardedConnection(sqlite3.Connection):
         self._session: str | None = None
         self._session_end: _SessionEnd | None = None
         self._denial: str | None = None
+        self._reading_only: str | None = None
 
     # -- the authorizer ----------------------------------------------------------------------------
     def _authorize(self, action: int, arg1: str | None, arg2: str | None, database: str | None, _: str | None) -> int:
         if not self._ready:
             return sqlite3.SQLITE_OK
         reason = None
-        if self._session is not None:
+        if self._reading_only is not None and action not in _READS:
+            reason = f"nothing is written while {self._reading_only}"
+        if reason is None and self._session is not None:
             reason = session_decision(action, arg1, arg2, database, self._session)
         if reason is None and self._guardrails:
             reason = guard_decision(action, arg1, arg2, database, self._trusted[-1] if self._trusted else None)
@@ -122,6 +130,16 @@ class GuardedConnection(sqlite3.Connection):
         if self._guardrails and "FOREIGN KEY constraint failed" in text:
             return GuardrailViolation("foreign key constraint: the row refers to a row that does not exist", sql)
         return exc
+
+    @contextmanager
+    def reading_only(self, why: str) -> Iterator[GuardedConnection]:
+        """Refuse every write on this connection for the block (e.g. while a repair is planned inside
+        the transaction that will apply it: a planner reads, only the journaled writer writes)."""
+        previous, self._reading_only = self._reading_only, why
+        try:
+            yield self
+        finally:
+            self._reading_only = previous
 
     # -- statements ----------------------------------------------------------------------------------
     def cursor(self, factory: type[sqlite3.Cursor] = GuardedCursor) -> sqlite3.Cursor:  # type: ignore[override]

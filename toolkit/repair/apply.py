@@ -227,23 +227,21 @@ def apply_repairs(
     progress: Callable[[str], None] | None = None,
     connection_factory: Callable[[dict], sqlite3.Connection] | None = None,
 ) -> RepairResult:
-    """Apply ``plan`` exactly (see the module doc); without one, plan first (one census) and apply it.
+    """Apply ``plan`` exactly (see the module doc); without one, plan inside the write transaction
+    (one census) and apply that plan.
 
     Refuses (:class:`StalePlanError`, exit 1, nothing changed) a plan whose rows changed since it was
     made, and (UsageError) a plan made for another data directory.
     """
     say = progress or (lambda _: None)
-    if plan is None:
-        plan = plan_repairs(settings, registry=registry, rule_ids=rule_ids, sample=sample, progress=progress)
-    elif Path(plan.data_dir) != settings.data_dir.resolve():
+    if plan is not None and Path(plan.data_dir) != settings.data_dir.resolve():
         raise UsageError(f"plan {plan.plan_id} was made for {plan.data_dir}, not {settings.data_dir.resolve()}",
                          hint="apply it with --data-dir set to the directory it was made for, or make a new plan")
     backend = backend_for(settings)
     backend.require(DATABASES, writable=True)
-    rules = [r.rule for r in plan.rules]
-    pending = [r.rule for r in plan.rules if r.status == PlanStatus.PLANNED]
-    result = RepairResult(new_run_id("rep"), str(settings.data_dir), time.time(), plan_id=plan.plan_id)
+    result = RepairResult(new_run_id("rep"), str(settings.data_dir), time.time())
     clock = time.perf_counter()
+    made_here = plan is None
     with backend.lock("integrity repair --apply"):
         result.reconciled = reconcile_repair_log(settings)
         _prepare_files(backend)
@@ -259,9 +257,21 @@ def apply_repairs(
         trust = conn.trusted("repair") if hasattr(conn, "trusted") else nullcontext()
         try:
             with trust, backend.atomic(conn, action="starting the repair"):
-                say("checking that the plan still fits the data")
-                _refuse_if_stale(conn, plan, [r.id for r in pending], chained=False)
+                if plan is None:
+                    # One run: plan inside this transaction (it holds the write lock, so nothing can
+                    # change between the census and the writes, and no stale check is needed).
+                    plan = plan_repairs(settings, registry=registry, rule_ids=rule_ids, sample=sample,
+                                        progress=progress, conn=conn)
+                else:
+                    say("checking that the plan still fits the data")
+                    _refuse_if_stale(conn, plan, [r.rule.id for r in plan.rules if r.status == PlanStatus.PLANNED],
+                                     chained=False)
+                result.plan_id = plan.plan_id
+                rules = [r.rule for r in plan.rules]
+                pending = [r.rule for r in plan.rules if r.status == PlanStatus.PLANNED]
                 ctx = CheckContext(conn, settings, progress=progress, want_fixes=True)
+                if made_here:  # the census checked the pages in this very transaction: no second pass
+                    ctx.cache["quick_check"] = dict(plan.pages)
                 backed_up: set[str] = set()
 
                 def backup_once(database: str) -> None:
@@ -283,6 +293,8 @@ def apply_repairs(
                     result.rules.append(outcomes.get(rule.id) or RuleOutcome(**vars(plan.rule_plan(rule.id))))
         finally:
             conn.close()
+            if made_here and plan is not None:
+                plan.close()
         result.seconds = time.perf_counter() - clock
         record_run(settings, result)
         result.reconciled += reconcile_repair_log(settings)

@@ -17,6 +17,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,8 @@ class RepairPlan:
     rules: list[RulePlan] = field(default_factory=list)
     census: dict[str, Counter] = field(default_factory=dict)
     store: ChangeStore = field(default_factory=ChangeStore, repr=False)
+    #: What the census learnt of the files' pages (never saved: a plan applied later checks again).
+    pages: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     @property
     def total_changes(self) -> int:
@@ -333,21 +336,33 @@ def reader(settings: Settings) -> Callable[[], sqlite3.Connection]:
 
 
 def plan_repairs(settings: Settings, *, registry: Registry, rule_ids: Iterable[str] | None = None, sample: int = 20,
-                 progress: Callable[[str], None] | None = None) -> RepairPlan:
-    """What `integrity repair --apply` would change, rule by rule, from one census. Changes nothing."""
+                 progress: Callable[[str], None] | None = None, conn: sqlite3.Connection | None = None) -> RepairPlan:
+    """What `integrity repair --apply` would change, rule by rule, from one census. Changes nothing.
+
+    ``conn`` plans on an open connection — the write transaction that will apply the plan, so the
+    census sees exactly what the writes will meet and warms the same page cache; it refuses every
+    write while planning, so a planner can read but never write behind the journal's back.
+    By default the plan reads through a read-only connection of its own.
+    """
     rules = registry.select(list(rule_ids) if rule_ids else None)
     backend_for(settings).require(DATABASES)
     repairable = [r for r in rules if r.repair is not None]
     affected = {t for r in repairable for t in tables_read(r)}
     census_rules = list(dict.fromkeys(rules + [r for r in registry if r.reads and tables_read(r) & affected]))
     open_reader = reader(settings)
-    conn = open_reader()
+    own = conn is None
+    planning = open_reader() if own else conn
+    assert planning is not None
     result = RepairPlan(str(settings.data_dir.resolve()))
+    reading = getattr(planning, "reading_only", None)
+    hold = reading("planning the repair") if reading is not None else _query_only(planning, not own)
     try:
-        ctx = CheckContext(conn, settings, progress=progress)
+        hold.__enter__()
+        ctx = CheckContext(planning, settings, progress=progress)
         ctx.say("checking before repair")
         census = Census(ctx, census_rules, repairable, sample=sample, worker=open_reader)
         result.census = census.by_scope
+        result.pages = dict(ctx.cache.get("quick_check", {}))
         for rule in rules:
             known = _from_census(rule, census.results[rule.id])
             if known is not None:
@@ -364,4 +379,19 @@ def plan_repairs(settings: Settings, *, registry: Registry, rule_ids: Iterable[s
         result.close()
         raise
     finally:
-        conn.close()
+        hold.__exit__(None, None, None)
+        if own:
+            planning.close()
+
+
+@contextmanager
+def _query_only(conn: sqlite3.Connection, needed: bool) -> Iterator[None]:
+    """``PRAGMA query_only`` for the block, on a plain connection that could write."""
+    if not needed:
+        yield
+        return
+    conn.execute("PRAGMA query_only = ON")
+    try:
+        yield
+    finally:
+        conn.execute("PRAGMA query_only = OFF")
