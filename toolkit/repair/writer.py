@@ -1,4 +1,4 @@
-"""Writing a plan's changes: row statements, the stale check, batches, and the per-file journal.
+"""Writing a plan's changes: row statements, batches, and the per-file journal.
 
 Every changed row is journaled in ``_toolkit_repair_journal`` of its own file, in the same
 transaction as the change, so a file holds all of a repair and its record, or neither. The writer
