@@ -144,7 +144,9 @@ def test_missing_database_file_exits_3(clone: Path, check) -> None:
     result = check(clone)
     assert result.returncode == 3
     assert result.stdout == ""
-    assert "positions.db" in result.stderr and "does not exist" in result.stderr
+    # the ledger knows the file was created and migrated: it is lost, and restoring it is the way back
+    assert "positions.db" in result.stderr and "is missing" in result.stderr
+    assert "migrate restore --database positions" in result.stderr and "migrate upgrade" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

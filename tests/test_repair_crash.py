@@ -61,12 +61,21 @@ WRAPPER = textwrap.dedent("""
                 time.sleep(120)
 
         writer.Writer._execute = stall
-    elif point == "after-commit":
-        def die(settings, result):
-            marker.write_text(result.run_id)
-            os.kill(os.getpid(), signal.SIGKILL)
+    elif point in ("after-commit", "before-commit"):
+        record_run = apply.record_run
+        runs = []
 
-        apply.record_run = die
+        def remember(settings, result, **kwargs):
+            runs.append(result.run_id)
+            record_run(settings, result, **kwargs)
+
+        def die(at):
+            if at == point.replace("-", "_"):
+                marker.write_text(runs[-1])
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        apply.record_run = remember
+        apply.CHECKPOINT[0] = die
     elif point == "undo-after-commit":
         def die_undo(settings, undo_id, run_id, rows, now):
             marker.write_text(undo_id)
@@ -174,20 +183,21 @@ def test_sigkill_after_commit_is_reconciled_and_undoable(session, cli, tmp_path:
     assert code == -signal.SIGKILL, (code, out, err)
     run_id = marker.read_text()
 
-    # every file holds all of its repair and its journal; migrations.db does not know the run yet
+    # every file holds all of its repair and its journal; migrations.db knows the run only as committing
     report = run_checks(settings, registry=REGISTRY)
     assert {r.rule.id for r in report.results if r.count} == NOT_REPAIRABLE
     journaled = {name: len(journal(settings, name)) for name in DATABASES}
     assert all(journaled[name] > 0 for name in DATABASES), journaled  # the defects touch all three files
-    assert query(settings, "migrations", "SELECT count(*) FROM repair_runs WHERE run_id = ?", (run_id,))[0][0] == 0
+    assert query(settings, "migrations", "SELECT status FROM repair_runs WHERE run_id = ?", (run_id,)) == [("committing",)]
     assert query(settings, "migrations", "SELECT count(*) FROM repair_log WHERE run_id = ?", (run_id,))[0][0] == 0
 
-    # the next repair command reconciles the log, says so, and has nothing left to change
+    # the next repair command settles the log from the journals, says so, and has nothing left to change
     after_commit = tables(settings)
     nxt = cli("integrity", "--data-dir", str(settings.data_dir), "repair", "--apply", "--yes")
     assert nxt.returncode == 0, nxt.stderr
     notes = [line for line in nxt.stderr.splitlines() if line.startswith("reconciled:")]
-    assert notes and all(run_id in n and n.endswith("logged now") for n in notes), nxt.stderr
+    assert notes and all(run_id in n for n in notes) and notes[-1].endswith("logged as applied"), nxt.stderr
+    assert query(settings, "migrations", "SELECT status FROM repair_runs WHERE run_id = ?", (run_id,)) == [("applied",)]
     assert tables(settings) == after_commit
     logged = query(settings, "migrations", "SELECT database_name, count(*) FROM repair_log WHERE run_id = ? GROUP BY 1", (run_id,))
     assert dict(logged) == journaled
@@ -226,3 +236,22 @@ def test_sigkill_after_an_undo_commits_still_marks_the_run_undone(session, cli, 
     assert runs[run_id]["undone_by"] == undo_id
     again = cli("integrity", "--data-dir", str(settings.data_dir), "repair", "undo", run_id, "--yes")
     assert again.returncode == 2 and "already undone" in again.stderr, again.stderr
+
+
+def test_sigkill_just_before_the_commit_changes_nothing_and_says_so(session, cli, tmp_path: Path) -> None:
+    """Killed after the run was logged as committing but before any file committed: every file is as
+    it was, and the next command logs the run as not committed (never as applied)."""
+    settings, _ = session
+    before = tables(settings)
+    marker = tmp_path / "before"
+    code, out, err = finish(start_repair(settings, "before-commit", marker))
+    assert code == -signal.SIGKILL, (code, out, err)
+    run_id = marker.read_text()
+    assert tables(settings) == before
+    assert all(not [r for r in journal(settings, name) if r[0] == run_id] for name in DATABASES)
+    nxt = cli("integrity", "--data-dir", str(settings.data_dir), "repair", "--apply", "--yes")  # settles, then repairs
+    assert nxt.returncode == 0, nxt.stderr
+    assert f"reconciled: repair run {run_id} ended while committing: committed to no file" in nxt.stderr
+    assert "logged as not committed" in nxt.stderr
+    assert query(settings, "migrations", "SELECT status, changes FROM repair_runs WHERE run_id = ?", (run_id,)) == \
+        [("not committed", 0)]

@@ -24,6 +24,7 @@ __all__ = [
     "MigrationDefinitionError",
     "MigrationFailedError",
     "DriftError",
+    "LostDatabaseError",
     "LedgerError",
     "OversellError",
     "RuleDefinitionError",
@@ -126,6 +127,21 @@ class MigrationFailedError(ToolkitError):
 
 class DriftError(ToolkitError):
     """An applied migration's file changed since it was applied."""
+
+
+class LostDatabaseError(ToolkitError):
+    """A database the migration ledger says was created and migrated is missing, empty or another file.
+
+    Never a reason to recreate it or to bring other files in line with it: every writing command
+    refuses, and `migrate restore` is the way back."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        first = next(iter(problems))
+        more = f" (and {', '.join(list(problems)[1:])})" if len(problems) > 1 else ""
+        super().__init__(
+            f"{problems[first]}{more}; nothing was changed",
+            hint=f"put it back with `migrate restore --database {first}` (`migrate restore --list` shows the backups)")
+        self.problems = problems
 
 
 class LedgerError(ToolkitError):

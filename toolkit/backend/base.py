@@ -88,6 +88,7 @@ class Backend(abc.ABC):
         how many guard objects were created."""
 
     @abc.abstractmethod
-    def migration_records(self, name: str, conn: Any | None = None) -> dict[str, MigrationRecord]:
-        """The migrations a database records as applied (by id); ``conn`` reads them through an open
+    def migration_records(self, name: str, conn: Any | None = None) -> dict[str, MigrationRecord] | None:
+        """The migrations a database records as applied (by id), or None when it keeps no migration
+        records at all (not a database the toolkit migrated); ``conn`` reads them through an open
         connection that reaches the database under its logical name."""

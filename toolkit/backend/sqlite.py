@@ -108,7 +108,7 @@ class SQLiteBackend(Backend):
                 count += 1
         return count
 
-    def migration_records(self, name: str, conn: sqlite3.Connection | None = None) -> dict[str, MigrationRecord]:
+    def migration_records(self, name: str, conn: sqlite3.Connection | None = None) -> dict[str, MigrationRecord] | None:
         """From the file's ``_toolkit_migrations``: through ``conn`` (the file attached as ``name``, or
         opened alone — then its tables are in ``main``), else through a read-only connection of its own."""
         if conn is None:
@@ -126,9 +126,9 @@ def _schema(conn: sqlite3.Connection, name: str) -> str:
     return name if name in attached else "main"
 
 
-def _records(conn: sqlite3.Connection, schema: str) -> dict[str, MigrationRecord]:
+def _records(conn: sqlite3.Connection, schema: str) -> dict[str, MigrationRecord] | None:
     ident = quote_ident(schema)
     if not conn.execute(f"SELECT 1 FROM {ident}.sqlite_master WHERE type = 'table' AND name = '_toolkit_migrations'").fetchone():
-        return {}
+        return None
     rows = conn.execute(f"SELECT migration_id, name, checksum, applied_at FROM {ident}._toolkit_migrations")
     return {r[0]: (r[0], r[1], r[2], r[3]) for r in rows}

@@ -14,7 +14,7 @@ from ..errors import UsageError
 from .plan import resolve_migration
 from .discovery import Migration
 from .runner import Progress, _quiet, _took_over, _waiting
-from .state import MigrationStatus, read_states, reconcile, record_event
+from .state import MigrationStatus, read_states, reconcile, record_event, refuse_lost_databases
 
 __all__ = ["AcceptResult", "RestoreResult", "accept", "restore"]
 
@@ -40,6 +40,7 @@ def accept(settings: Settings, spec: str, *, migrations: Sequence[Migration], pr
     """Record the current text of an edited, applied migration as its new checksum."""
     migration = resolve_migration(spec, migrations)
     with backend_for(settings).lock("migrate accept", on_wait=_waiting(progress), on_takeover=_took_over(progress)):
+        refuse_lost_databases(settings)
         states = read_states(settings, DATABASES)
         state = states[migration.database]
         record = state.records.get(migration.id)
@@ -88,7 +89,8 @@ def restore(settings: Settings, spec: str | None, database: str | None, *, migra
             history = backend_for(settings).history(create=True)
             assert history is not None
             try:
-                reconciled = reconcile(history, read_states(settings, DATABASES), migrations)
+                # The restored file is the truth now: what it lacks was rolled back by the restore.
+                reconciled = reconcile(history, read_states(settings, DATABASES), migrations, restored=[item.database])
                 with transaction(history):
                     record_event(history, migration_id="-", database=item.database, action="restore",
                                  status=MigrationStatus.RESTORED, detail=f"from {item.path.name}", at=time.time())

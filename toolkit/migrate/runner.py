@@ -32,7 +32,8 @@ from ..lock import Holder
 from .discovery import Migration, MigrationContext
 from .plan import Plan, Step, plan_downgrade, plan_upgrade
 from .rebuild import foreign_key_violations, foreign_keys_off, refuse_new_violations
-from .state import FileState, MigrationStatus, ensure_bookkeeping, read_states, reconcile, record_event, record_history
+from .state import (FileState, MigrationStatus, ensure_bookkeeping, read_states, reconcile, record_event, record_history,
+                    refuse_lost)
 
 __all__ = [
     "Progress",
@@ -311,6 +312,7 @@ def _states_and_history(settings: Settings, migrations: Sequence[Migration], res
     history = backend_for(settings).history(create=create)
     assert history is not None
     try:
+        refuse_lost(states, history)  # never recreate a lost database, nor bring the ledger in line with it
         result.reconciled.extend(reconcile(history, states, migrations))
     except BaseException:
         history.close()

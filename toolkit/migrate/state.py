@@ -17,7 +17,7 @@ from pathlib import Path
 from ..config import DATABASES, Settings
 from ..backend import backend_for
 from ..db import atomic, translate_error
-from ..errors import DatabaseFileError
+from ..errors import DatabaseFileError, LostDatabaseError
 from ..history import iso
 from .discovery import Migration
 
@@ -29,6 +29,10 @@ __all__ = [
     "ensure_bookkeeping",
     "read_states",
     "read_file_state",
+    "applied_in_ledger",
+    "lost_databases",
+    "refuse_lost",
+    "refuse_lost_databases",
     "reconcile",
     "record_history",
     "record_event",
@@ -91,6 +95,8 @@ class FileState:
     path: Path
     exists: bool
     records: dict[str, AppliedRecord] = field(default_factory=dict)
+    #: The file keeps migration records (a ``_toolkit_migrations`` table), possibly none yet.
+    tracked: bool = False
 
 
 def ensure_bookkeeping(conn: sqlite3.Connection) -> None:
@@ -104,19 +110,75 @@ def read_file_state(settings: Settings, name: str, conn: sqlite3.Connection | No
     path = settings.path(name)
     backend = backend_for(settings)
     if conn is not None:
-        return FileState(name, path, True, _applied(backend.migration_records(name, conn)))
+        return _state(name, path, backend.migration_records(name, conn))
     if not path.exists():
         if path.is_dir():
             raise DatabaseFileError(path, "is a directory, not a database file")
         return FileState(name, path, False)
     try:
-        return FileState(name, path, True, _applied(backend.migration_records(name)))
+        return _state(name, path, backend.migration_records(name))
     except sqlite3.Error as exc:
         raise translate_error(exc, path, action="reading its migration records") from exc
 
 
-def _applied(records: dict[str, tuple[str, str, str, int]]) -> dict[str, AppliedRecord]:
-    return {mid: AppliedRecord(*row) for mid, row in records.items()}
+def _state(name: str, path: Path, records: dict[str, tuple[str, str, str, int]] | None) -> FileState:
+    return FileState(name, path, True, {mid: AppliedRecord(*row) for mid, row in (records or {}).items()},
+                     tracked=records is not None)
+
+
+def applied_in_ledger(history: sqlite3.Connection) -> dict[str, list[str]]:
+    """Per database, the migration ids the ledger records as applied, oldest first."""
+    by_db: dict[str, list[str]] = {}
+    for mid, database in history.execute(
+            "SELECT migration_id, database_name FROM migration_history WHERE status = ? ORDER BY migration_id",
+            (str(MigrationStatus.APPLIED),)):
+        by_db.setdefault(database, []).append(mid)
+    return by_db
+
+
+def lost_databases(states: dict[str, FileState], history: sqlite3.Connection) -> dict[str, str]:
+    """The databases the ledger says were created and migrated that are now missing, empty, or
+    another file (no migration records, or none of its own) — by name, with what is wrong. A file
+    that still holds some of its migrations is the same database: what it lacks is reconciled as
+    before (a downgrade interrupted after the file's commit lacks its newest one)."""
+    lost: dict[str, str] = {}
+    for name, applied in applied_in_ledger(history).items():
+        state = states.get(name)
+        if state is None or not applied:
+            continue
+        said = f"{state.path}: the ledger records {', '.join(applied)} as applied to {name}, but the file"
+        if not state.exists:
+            lost[name] = f"{said} is missing"
+        elif state.path.stat().st_size == 0:
+            lost[name] = f"{said} is empty"
+        elif not state.tracked:
+            lost[name] = f"{said} holds no migration records (a different database?)"
+        elif not any(mid in state.records for mid in applied) and (len(applied) > 1 or state.records):
+            # None of its own migrations (a lone one missing is an interrupted downgrade): another file.
+            held = f"holds {', '.join(sorted(state.records))} instead" if state.records else "holds none of them"
+            lost[name] = f"{said} {held} (a different database?)"
+    return lost
+
+
+def refuse_lost(states: dict[str, FileState], history: sqlite3.Connection) -> None:
+    """Raise :class:`LostDatabaseError` when a database the ledger knows is lost (see above)."""
+    lost = lost_databases(states, history)
+    if lost:
+        raise LostDatabaseError(lost)
+
+
+def refuse_lost_databases(settings: Settings) -> None:
+    """:func:`refuse_lost` for a data directory, reading only (nothing when it has no ledger yet)."""
+    if not settings.history_path.exists():
+        return
+    states = read_states(settings, DATABASES)
+    history = backend_for(settings).history(readonly=True)
+    if history is None:
+        return
+    try:
+        refuse_lost(states, history)
+    finally:
+        history.close()
 
 
 def read_states(settings: Settings, names: Iterable[str] = DATABASES) -> dict[str, FileState]:
@@ -187,14 +249,18 @@ def reconcile(
     migrations: Sequence[Migration],
     *,
     write: bool = True,
+    restored: Iterable[str] = (),
 ) -> list[str]:
     """Make ``migration_history`` agree with the per-file records; returns what was changed.
 
     With ``write=False`` it only says what it would change.
 
     A migration applied in its file but not in the ledger (a crash after the file's commit) is
-    recorded as applied; one the ledger calls applied that its file does not have (a restored
-    file, an interrupted downgrade, a deleted file) is recorded as rolled back.
+    recorded as applied; one the ledger calls applied that its file does not have is recorded as
+    rolled back only when that is what happened: a downgrade interrupted after the file's commit (the
+    file lacks just its newest migration), or a file deliberately replaced by `migrate restore`
+    (``restored``). A lost file (missing, empty, another database: :func:`lost_databases`) never
+    rewrites the ledger: the ledger is how the toolkit knows it was lost.
     """
     by_id = {m.id: m for m in migrations}
     ledger = {
@@ -213,8 +279,9 @@ def reconcile(
                     f"but was {was}: recorded as applied"
                 )
                 writes.append((MigrationStatus.APPLIED, {"mid": mid, "state": state, "record": record}))
+    lost = set(lost_databases(states, history)) - set(restored)
     for mid, (status, database) in ledger.items():
-        if status != MigrationStatus.APPLIED or database not in states:
+        if status != MigrationStatus.APPLIED or database not in states or database in lost:
             continue
         state = states[database]
         if mid not in state.records:

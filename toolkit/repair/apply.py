@@ -13,12 +13,17 @@ For the data directory, under its lock::
         and no other rule got worse than the plan's census;
       otherwise ROLLBACK TO, and again rule by rule: each rule's repair in its own savepoint,
       verified the same way before the next, rolled back alone if it fails, and the report says why
-    COMMIT                               per file: all of its repair or nothing
-    copy the journals into migrations.db (repair_runs, repair_log)
+      migrations.db: the run, as "committing", with the journal rows each file will hold
+    COMMIT                               per file, the ledger first: trading, positions, ml_training
+    migrations.db: the run's outcome; the journals copied into repair_log
 
-A crash before COMMIT leaves every file as it was; a crash during COMMIT leaves each file with all of
-its repair and its journal, or neither; a crash after it is reconciled by the next repair command.
-Repairs never delete ledger rows; rows removed from derived tables (positions) are kept in the log.
+Each file commits all of its repair and its journal, or neither; SQLite commits attached files one
+after the other, so a failure (a full disk) or a kill can leave the ledger committed and a
+projection not — never the reverse. Then the command says exactly which files committed, exits 3,
+and logs the run as ``partial``; `integrity repair undo` reverses what did commit. A process killed
+before it could say is settled by the next command from the journals (applied, partial, not
+committed). Repairs never delete ledger rows; rows removed from derived tables (positions) are kept
+in the log.
 """
 from __future__ import annotations
 
@@ -35,18 +40,30 @@ from ..backup import Backup
 from ..backend.base import Backend
 from ..config import DATABASES, Settings
 from ..db import atomic
-from ..errors import UsageError
-from ..migrate.state import ensure_bookkeeping
+from ..errors import ToolkitError, UsageError
+from ..migrate.state import ensure_bookkeeping, refuse_lost_databases
 from ..rules.model import CheckContext, Rule
 from ..rules.registry import Registry
 from ..rules.runner import new_run_id
-from .log import reconcile_repair_log, record_run
+from .log import RunStatus, committed_files, reconcile_repair_log, record_run
 from .plan import PlanStatus, RepairPlan, RulePlan, plan_repairs, reader
 from .store import PlannedChange
 from .verify import Written, verify_repairs
 from .writer import StalePlanError, Writer, read_row, same_value
 
-__all__ = ["RuleOutcome", "RepairResult", "apply_repairs", "stale_reason"]
+__all__ = ["RuleOutcome", "RepairResult", "RepairCommitError", "apply_repairs", "stale_reason", "COMMIT_ORDER"]
+
+#: The order the files commit in: the ledger before its projections, so a partial commit never
+#: leaves a projection ahead of the ledger it projects.
+COMMIT_ORDER = ("trading", "positions", "ml_training")
+
+#: Called at named points of a repair's commit (``before_commit``, ``after_commit``); tests use it
+#: to kill the process there.
+CHECKPOINT: list[Callable[[str], None]] = [lambda point: None]
+
+
+class RepairCommitError(ToolkitError):
+    """A repair's commit failed part way: some files committed their repair, others did not."""
 
 
 @dataclass
@@ -146,6 +163,8 @@ class _Apply:
     backup_once: Callable[[str], None]
     say: Callable[[str], None]
     now: int = field(default_factory=lambda: int(time.time()))
+    #: Journal rows per file of everything applied so far (what each file will hold once committed).
+    rows: dict[str, int] = field(default_factory=dict)
 
     def write(self, rule: Rule, seq: dict[str, int]) -> Written:
         """Write one rule's planned changes in its own savepoint (released; the caller verifies)."""
@@ -183,6 +202,7 @@ class _Apply:
             return None
         self.plan.census.clear()
         self.plan.census.update(counts)
+        self.rows = {name: n for name, n in seq.items() if n}
         for item in written:
             item.outcome.status, item.outcome.verified = PlanStatus.APPLIED, True
         return {w.rule.id: w.outcome for w in written}
@@ -213,6 +233,7 @@ class _Apply:
                 outcome.status, outcome.rolled_back = PlanStatus.ROLLED_BACK, problem
                 continue
             seq = item.writer.seq
+            self.rows = {name: n for name, n in seq.items() if n}
             outcome.status, outcome.verified = PlanStatus.APPLIED, True
         return outcomes
 
@@ -237,6 +258,7 @@ def apply_repairs(
     if plan is not None and Path(plan.data_dir) != settings.data_dir.resolve():
         raise UsageError(f"plan {plan.plan_id} was made for {plan.data_dir}, not {settings.data_dir.resolve()}",
                          hint="apply it with --data-dir set to the directory it was made for, or make a new plan")
+    refuse_lost_databases(settings)
     backend = backend_for(settings)
     backend.require(DATABASES, writable=True)
     result = RepairResult(new_run_id("rep"), str(settings.data_dir), time.time())
@@ -253,8 +275,10 @@ def apply_repairs(
             # trade executed at (the authorizer refuses it, whatever a plan says).
             from ..guard.connection import connect_guarded
 
-            conn = connect_guarded(settings, cache_kib=32_768, guards=registry.guards)
+            conn = connect_guarded(settings, names=COMMIT_ORDER, cache_kib=32_768, guards=registry.guards)
         trust = conn.trusted("repair") if hasattr(conn, "trusted") else nullcontext()
+        committing = False
+        applying: _Apply | None = None
         try:
             with trust, backend.atomic(conn, action="starting the repair"):
                 if plan is None:
@@ -291,11 +315,40 @@ def apply_repairs(
                     outcomes = applying.one_by_one(pending)
                 for rule in rules:
                     result.rules.append(outcomes.get(rule.id) or RuleOutcome(**vars(plan.rule_plan(rule.id))))
+                if applying.rows:
+                    record_run(settings, result, status=RunStatus.COMMITTING, files=applying.rows)
+                CHECKPOINT[0]("before_commit")
+                committing = True  # the body is done: what fails from here is the COMMIT
+        except Exception as exc:
+            if not committing or applying is None or not applying.rows:
+                raise
+            raise _commit_failed(settings, result, applying.rows, exc) from exc
         finally:
             conn.close()
             if made_here and plan is not None:
                 plan.close()
+        CHECKPOINT[0]("after_commit")
         result.seconds = time.perf_counter() - clock
         record_run(settings, result)
         result.reconciled += reconcile_repair_log(settings)
     return result
+
+
+def _commit_failed(settings: Settings, result: RepairResult, files: dict[str, int], exc: Exception) -> RepairCommitError:
+    """Say exactly which files committed the repair, and log the run as partial (or not committed)."""
+    done, not_done = committed_files(settings, result.run_id, files)
+    status = RunStatus.PARTIAL if done else RunStatus.NOT_COMMITTED
+    try:
+        record_run(settings, result, status=status, files=files)
+        reconcile_repair_log(settings)
+    except Exception:  # the report below is what matters; the next command settles the log
+        pass
+    cause = exc.message if isinstance(exc, ToolkitError) else str(exc)
+    names = lambda items: ", ".join(f"{n}.db" for n in items) or "no file"  # noqa: E731
+    if not done:
+        return RepairCommitError(f"repair run {result.run_id}: the commit failed ({cause}); no file changed",
+                                 hint="free the cause (disk space?) and run `integrity repair --apply` again")
+    return RepairCommitError(
+        f"repair run {result.run_id}: the commit failed part way ({cause}): committed to {names(done)}, "
+        f"NOT to {names(not_done)}; logged as partial",
+        hint=f"undo what committed with `integrity repair undo {result.run_id}`, or free the cause and repair again")

@@ -8,6 +8,7 @@ import enum
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import DATABASES, Settings
 from ..backend import backend_for
@@ -27,6 +28,9 @@ class RunStatus(enum.StrEnum):
     ROLLED_BACK = "rolled back"
     RECONCILED = "applied (reconciled)"
     UNDONE = "undone"
+    #: Recorded before the files commit; what the files then hold decides the final status.
+    COMMITTING = "committing"
+    NOT_COMMITTED = "not committed"
 
 
 @dataclass(frozen=True)
@@ -41,16 +45,21 @@ class RepairRun:
     undoes: str | None
 
 
-def record_run(settings: Settings, result) -> None:
-    """Log a repair run (after the files committed; a crash before this is reconciled from the journals)."""
+def record_run(settings: Settings, result, *, status: RunStatus | None = None, files: dict[str, int] | None = None) -> None:
+    """Log a repair run: as ``committing`` before the files commit (with the journal rows each file
+    will hold: ``files``), and with its outcome after. A crash in between is settled from the journals
+    by :func:`reconcile_repair_log`."""
     history = backend_for(settings).history(create=True)
     assert history is not None
     try:
         summary = {r.rule.id: {"status": r.status, "changes": dict(r.changes), "untouched": r.untouched,
                                "rolled_back": r.rolled_back} for r in result.rules}
-        status = RunStatus.APPLIED if result.applied_changes else RunStatus.NOTHING
-        if result.rolled_back:
-            status = RunStatus.PARTIAL if result.applied_changes else RunStatus.ROLLED_BACK
+        if files is not None:
+            summary["_files"] = dict(files)
+        if status is None:
+            status = RunStatus.APPLIED if result.applied_changes else RunStatus.NOTHING
+            if result.incomplete:
+                status = RunStatus.PARTIAL if result.applied_changes else RunStatus.ROLLED_BACK
         with atomic(history):
             history.execute(
                 "INSERT OR REPLACE INTO repair_runs (run_id, kind, started_at, data_dir, rules, changes, status, summary) "
@@ -106,8 +115,45 @@ def reconcile_repair_log(settings: Settings) -> list[str]:
                             (run_id, run_id))
             finally:
                 conn.close()
+        notes += settle_commits(settings, history)
     finally:
         history.close()
+    return notes
+
+
+def journal_rows(settings: Settings, name: str, run_id: str) -> int:
+    """How many journal rows of ``run_id`` a database holds (what of the run it committed)."""
+    if not settings.path(name).exists():
+        return 0
+    conn = backend_for(settings).connect(name, readonly=True)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_toolkit_repair_journal'").fetchone():
+            return 0
+        return conn.execute("SELECT count(*) FROM _toolkit_repair_journal WHERE run_id = ?", (run_id,)).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def committed_files(settings: Settings, run_id: str, files: dict[str, int]) -> tuple[list[str], list[str]]:
+    """(files that hold all of the run's rows, files that hold none or not all of them)."""
+    done = [name for name, rows in files.items() if journal_rows(settings, name, run_id) == rows]
+    return done, [name for name in files if name not in done]
+
+
+def settle_commits(settings: Settings, history: Any) -> list[str]:
+    """Give every run logged as ``committing`` (its process ended before it could say how the commit
+    went) the status the files' journals prove: applied, partial, or not committed."""
+    notes = []
+    for run_id, summary in history.execute(
+            "SELECT run_id, summary FROM repair_runs WHERE status = ?", (str(RunStatus.COMMITTING),)).fetchall():
+        files = json.loads(summary or "{}").get("_files", {})
+        done, not_done = committed_files(settings, run_id, files)
+        status = RunStatus.APPLIED if not not_done else (RunStatus.PARTIAL if done else RunStatus.NOT_COMMITTED)
+        with atomic(history):
+            history.execute("UPDATE repair_runs SET status = ?, changes = (SELECT count(*) FROM repair_log WHERE run_id = ?) "
+                            "WHERE run_id = ?", (str(status), run_id, run_id))
+        where = (f"committed to {', '.join(done) or 'no file'}" + (f", not to {', '.join(not_done)}" if not_done else ""))
+        notes.append(f"repair run {run_id} ended while committing: {where}; logged as {status}")
     return notes
 
 

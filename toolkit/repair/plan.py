@@ -25,6 +25,7 @@ from typing import Any
 from ..config import DATABASES, Settings
 from ..backend import backend_for
 from ..errors import LedgerError, UsageError
+from ..migrate.state import refuse_lost_databases
 from ..rules.model import CheckContext, Rule, Violation
 from ..rules.registry import Registry
 from ..rules.runner import RuleResult, execute_rules, new_run_id, sql_violations
@@ -345,6 +346,7 @@ def plan_repairs(settings: Settings, *, registry: Registry, rule_ids: Iterable[s
     By default the plan reads through a read-only connection of its own.
     """
     rules = registry.select(list(rule_ids) if rule_ids else None)
+    refuse_lost_databases(settings)  # never plan to bring other files in line with a lost one
     backend_for(settings).require(DATABASES)
     repairable = [r for r in rules if r.repair is not None]
     affected = {t for r in repairable for t in tables_read(r)}

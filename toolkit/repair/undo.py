@@ -18,6 +18,7 @@ from ..backup import Backup
 from ..config import DATABASES, Settings
 from ..db import quote_ident
 from ..errors import UnknownNameError, UsageError
+from ..migrate.state import refuse_lost_databases
 from ..rules.runner import new_run_id
 from .log import reconcile_repair_log, record_undo
 from .writer import RepairConflict, journal, row_sql
@@ -115,6 +116,7 @@ def _conflicts(conn: sqlite3.Connection, files: list[str], run_id: str) -> tuple
 def undo_repair(settings: Settings, run_id: str, *, progress: Callable[[str], None] | None = None) -> UndoResult:
     """Restore exactly the values a repair run replaced; refuses, naming rows, if they changed since."""
     say = progress or (lambda _: None)
+    refuse_lost_databases(settings)
     backend = backend_for(settings)
     with backend.lock("integrity repair undo"):
         reconciled = reconcile_repair_log(settings)

@@ -346,6 +346,9 @@ def run_checks(
     rules = registry.select(rule_ids)
     if not settings.data_dir.is_dir():
         raise NotInitialisedError(f"{settings.data_dir}: data directory does not exist", hint="run `migrate upgrade` first")
+    from ..migrate.state import refuse_lost_databases
+
+    refuse_lost_databases(settings)  # a lost database is never "checked" as an empty one
     backend = backend_for(settings)
     backend.require(DATABASES)
     report = CheckReport(new_run_id("chk"), time.time(), str(settings.data_dir), fail_on, sample, baseline=baseline_name)
