@@ -32,7 +32,8 @@ def refuse_output_over_input(settings: Settings, path: Path, option: str) -> Non
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise UsageError(f"{option} {path}: cannot be written ({exc.strerror or exc})", hint=hint) from exc
+        raise UsageError(f"{option} {path}: cannot be written ({exc.strerror or exc})",
+                         hint="check that its directory exists and is a directory") from exc
     if stat.S_ISDIR(info.st_mode):
         raise UsageError(f"{option} {path}: is a directory", hint="name a file")
     if not stat.S_ISREG(info.st_mode):

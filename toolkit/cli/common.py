@@ -134,7 +134,10 @@ def run(group: click.Group, args: Sequence[str] | None = None, prog_name: str | 
         _echo_err(f"error: SQLite: {exc}")
         return EXIT_RUNTIME
     except OSError as exc:  # a path the library did not foresee: still one line naming it, never a traceback
-        _echo_err(f"error: {exc}")
+        where = f"{exc.filename}: " if exc.filename else ""
+        what = exc.strerror or str(exc)
+        _echo_err(f"error: {where}{what[:1].lower()}{what[1:]}; check that the path exists and is writable, "
+                  "and that the disk has room")
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         _echo_err("interrupted; every database is left at its last committed state")

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import enum
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import DATABASES, Settings
 from ..backend import backend_for
-from ..db import atomic
+from ..db import atomic, translate_error
 from ..errors import LockTimeoutError
 from .writer import canonical_json
 
@@ -82,43 +83,50 @@ def reconcile_repair_log(settings: Settings) -> list[str]:
                 continue
             conn = backend_for(settings).connect(name, readonly=True)
             try:
-                if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_toolkit_repair_journal'").fetchone():
-                    continue
-                runs = [r[0] for r in conn.execute("SELECT DISTINCT run_id FROM _toolkit_repair_journal")]
-                logged = {r[0]: r[1] for r in history.execute(
-                    "SELECT run_id, count(*) FROM repair_log WHERE database_name = ? GROUP BY run_id", (name,))}
-                for run_id in runs:
-                    have = conn.execute("SELECT count(*) FROM _toolkit_repair_journal WHERE run_id = ?", (run_id,)).fetchone()[0]
-                    if logged.get(run_id, 0) == have:
-                        continue
-                    rows = conn.execute(
-                        "SELECT run_id, ?, seq, rule_id, table_name, op, row_key, before, after, at "
-                        "FROM _toolkit_repair_journal WHERE run_id = ? ORDER BY seq", (name, run_id))
-                    with atomic(history):
-                        history.executemany(
-                            "INSERT OR IGNORE INTO repair_log (run_id, database_name, seq, rule_id, table_name, op, row_key, "
-                            "before, after, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                        reverses = conn.execute("SELECT max(reverses) FROM _toolkit_repair_journal WHERE run_id = ?",
-                                                (run_id,)).fetchone()[0]
-                        if not history.execute("SELECT 1 FROM repair_runs WHERE run_id = ?", (run_id,)).fetchone():
-                            kind = "undo" if reverses else "repair"
-                            history.execute(
-                                "INSERT INTO repair_runs (run_id, kind, started_at, data_dir, rules, changes, status, undoes) "
-                                "VALUES (?, ?, ?, ?, '[]', 0, 'applied (reconciled)', ?)",
-                                (run_id, kind, int(time.time()), str(settings.data_dir), reverses))
-                            notes.append(f"{kind} run {run_id} was committed to {path.name} but not logged: logged now")
-                        if reverses:
-                            history.execute("UPDATE repair_runs SET undone_by = ?, status = 'undone' "
-                                            "WHERE run_id = ? AND undone_by IS NULL", (run_id, reverses))
-                        history.execute(
-                            "UPDATE repair_runs SET changes = (SELECT count(*) FROM repair_log WHERE run_id = ?) WHERE run_id = ?",
-                            (run_id, run_id))
+                _copy_journal(settings, history, conn, name, path, notes)
+            except sqlite3.DatabaseError as exc:
+                raise translate_error(exc, path, action="reading its repair journal") from exc
             finally:
                 conn.close()
         notes += settle_commits(settings, history)
     finally:
         history.close()
     return notes
+
+
+def _copy_journal(settings: Settings, history: Any, conn: Any, name: str, path: Any, notes: list[str]) -> None:
+    """Copy one file's journal rows that the log lacks (see :func:`reconcile_repair_log`)."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_toolkit_repair_journal'").fetchone():
+        return
+    runs = [r[0] for r in conn.execute("SELECT DISTINCT run_id FROM _toolkit_repair_journal")]
+    logged = {r[0]: r[1] for r in history.execute(
+        "SELECT run_id, count(*) FROM repair_log WHERE database_name = ? GROUP BY run_id", (name,))}
+    for run_id in runs:
+        have = conn.execute("SELECT count(*) FROM _toolkit_repair_journal WHERE run_id = ?", (run_id,)).fetchone()[0]
+        if logged.get(run_id, 0) == have:
+            continue
+        rows = conn.execute(
+            "SELECT run_id, ?, seq, rule_id, table_name, op, row_key, before, after, at "
+            "FROM _toolkit_repair_journal WHERE run_id = ? ORDER BY seq", (name, run_id))
+        with atomic(history):
+            history.executemany(
+                "INSERT OR IGNORE INTO repair_log (run_id, database_name, seq, rule_id, table_name, op, row_key, "
+                "before, after, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            reverses = conn.execute("SELECT max(reverses) FROM _toolkit_repair_journal WHERE run_id = ?",
+                                    (run_id,)).fetchone()[0]
+            if not history.execute("SELECT 1 FROM repair_runs WHERE run_id = ?", (run_id,)).fetchone():
+                kind = "undo" if reverses else "repair"
+                history.execute(
+                    "INSERT INTO repair_runs (run_id, kind, started_at, data_dir, rules, changes, status, undoes) "
+                    "VALUES (?, ?, ?, ?, '[]', 0, ?, ?)",
+                    (run_id, kind, int(time.time()), str(settings.data_dir), str(RunStatus.RECONCILED), reverses))
+                notes.append(f"{kind} run {run_id} was committed to {path.name} but not logged: logged now")
+            if reverses:
+                history.execute("UPDATE repair_runs SET undone_by = ?, status = 'undone' "
+                                "WHERE run_id = ? AND undone_by IS NULL", (run_id, reverses))
+            history.execute(
+                "UPDATE repair_runs SET changes = (SELECT count(*) FROM repair_log WHERE run_id = ?) WHERE run_id = ?",
+                (run_id, run_id))
 
 
 def journal_rows(settings: Settings, name: str, run_id: str) -> int:

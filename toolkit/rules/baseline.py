@@ -46,6 +46,8 @@ def load_baseline(path: str | os.PathLike[str]) -> Baseline:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"baseline {path} is not valid JSON (line {exc.lineno}: {exc.msg})", hint=hint) from None
+    except RecursionError:
+        raise UsageError(f"baseline {path} is nested too deeply to be a baseline", hint=hint) from None
     if not isinstance(data, dict) or data.get("schema_version") != BASELINE_SCHEMA_VERSION:
         raise UsageError(f"baseline {path}: expected an object with \"schema_version\": {BASELINE_SCHEMA_VERSION}", hint=hint)
     items = data.get("violations")
@@ -55,7 +57,11 @@ def load_baseline(path: str | os.PathLike[str]) -> Baseline:
     for index, item in enumerate(items):
         if not (isinstance(item, dict) and isinstance(item.get("rule"), str) and isinstance(item.get("key"), dict)):
             raise UsageError(f"baseline {path}: entry {index} must be {{\"rule\": \"<rule id>\", \"key\": {{...}}}}", hint=hint)
-        entries[fingerprint(item["rule"], item["key"])] = {"rule": item["rule"], "key": item["key"]}
+        try:
+            entries[fingerprint(item["rule"], item["key"])] = {"rule": item["rule"], "key": item["key"]}
+        except (RecursionError, ValueError, TypeError) as exc:
+            raise UsageError(f"baseline {path}: entry {index} has a key that is not plain JSON ({type(exc).__name__})",
+                             hint=hint) from None
     return Baseline(path, entries)
 
 
