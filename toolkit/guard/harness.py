@@ -83,15 +83,21 @@ def select_attacks(attacks: Sequence[Attack], attack_ids: Sequence[str] | None =
     return [a for a in known.values() if a.id in set(attack_ids)]
 
 
-def _count(conn: sqlite3.Connection, settings: Settings, rules: list, tickers: set[str] | None) -> dict[str, int]:
+def _findings(conn: sqlite3.Connection, settings: Settings, rules: list, tickers: set[str] | None) -> dict[str, frozenset | None]:
+    """Per rule, what it finds on the attacked scope: each violation's identity with the values it
+    reports (so a row that was already wrong and is now wrong differently counts as a new finding);
+    None when the rule could not run."""
     if not rules:
         return {}
+    found: dict[str, set] = {r.id: set() for r in rules}
+
+    def observe(violation) -> None:
+        found[violation.rule_id].add((violation.fingerprint, repr(violation.stored), repr(violation.computed),
+                                      violation.message))
+
     ctx = CheckContext(conn, settings, tickers=frozenset(tickers) if tickers else None)
-    results = execute_rules(ctx, rules, sample=0, precheck=False)
-    counts = {}
-    for result in results:
-        counts[result.rule.id] = -1 if result.status in ("error", "skipped") else result.count
-    return counts
+    results = execute_rules(ctx, rules, sample=0, precheck=False, observe=observe)
+    return {r.rule.id: None if r.status in ("error", "skipped") else frozenset(found[r.rule.id]) for r in results}
 
 
 def run_attacks(
@@ -170,10 +176,14 @@ def _one(conn, settings: Settings, registry: Registry, attack: Attack, guardrail
         if guardrails:
             outcome.detail = "the guardrails let it through"
             return outcome
-        after = _count(conn, settings, rules, ctx.tickers)
+        after = _findings(conn, settings, rules, ctx.tickers)
         sqlite3.Connection.execute(conn, f'ROLLBACK TO "{savepoint}"')
-        before = _count(conn, settings, rules, ctx.tickers)
-        outcome.detected_by = [r.id for r in rules if after.get(r.id, 0) > max(before.get(r.id, 0), 0)]
+        before = _findings(conn, settings, rules, ctx.tickers)
+        # Detected: the rule finds something after the attack that it did not find before — a new
+        # violation, or one already there that now reports other values (the rows were already wrong).
+        outcome.detected_by = [r.id for r in rules
+                               if after.get(r.id) is not None and before.get(r.id) is not None
+                               and after[r.id] - before[r.id]]
         undetected = [r for r in attack.targets if r not in outcome.detected_by]
         if missing:
             outcome.detail = f"targets unknown rules: {', '.join(missing)}"
