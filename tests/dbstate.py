@@ -58,3 +58,18 @@ def file_hashes(data: Path, names: Iterable[str] = ALL_FILES) -> dict[str, tuple
         finally:
             conn.close()
     return result
+
+
+def damage_root_page(path: Path, name: str, *, whole: bool = False) -> None:
+    """Damage the root page of table or index ``name``: its 8-byte header (the file opens, its other
+    tables read, ``PRAGMA quick_check`` reports the page) or, with ``whole``, every byte of it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0]
+    finally:
+        conn.close()
+    with open(path, "r+b") as fh:
+        fh.seek((root - 1) * page_size)
+        fh.write(b"\xff" * (page_size if whole else 8))

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from dbstate import damage_root_page
+
 from toolkit.config import Settings, load_settings
 from toolkit.fixtures import generate, inject_defects
 from toolkit.rules import Severity, run_checks
@@ -232,21 +234,8 @@ def test_empty_trading_file_skips_its_rules_and_reports_pending_migrations(tmp_p
             assert entry["status"] == "passed", (rule.id, entry)
 
 
-def _corrupt_index_page(path: Path, index: str) -> None:
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE type = 'index' AND name = ?", (index,)).fetchone()[0]
-    finally:
-        conn.close()
-    with open(path, "r+b") as fh:
-        fh.seek((root - 1) * page_size)
-        fh.write(b"\xff" * 8)
-
-
 def test_corrupt_index_page_is_a_quick_check_violation_and_skips_that_files_rules(clone: Path, check) -> None:
-    _corrupt_index_page(clone / "positions.db", "idx_positions_strategy")
+    damage_root_page(clone / "positions.db", "idx_positions_strategy")
     result = check(clone, "--format", "json")
     assert result.returncode == 1
     rules = _by_id(_json_report(result))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from dbstate import damage_root_page
+
 from toolkit.migrate.runner import downgrade, upgrade
 from toolkit.content import load_migrations
 
@@ -190,18 +192,8 @@ def test_bytes_overwritten_in_the_middle_of_a_btree_page(cli, partly, lifecycle)
 
 
 def damage_index_root(path: Path, index: str) -> None:
-    """Overwrite the header of one index's root page: the file opens and its tables read, but
-    ``PRAGMA quick_check`` reports the page."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE type = 'index' AND name = ?", (index,)).fetchone()[0]
-    finally:
-        conn.close()
-    with path.open("r+b") as fh:
-        fh.seek((root - 1) * page_size)
-        fh.write(b"\xff" * 8)
+    """Damage one index's root page (``dbstate.damage_root_page``) and make sure quick_check sees it."""
+    damage_root_page(path, index)
     conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
     try:
         assert conn.execute("PRAGMA quick_check").fetchall() != [("ok",)]

@@ -3,7 +3,6 @@ non-finite amount (it leaves those rows alone and says why) — nor calls it app
 from __future__ import annotations
 
 import math
-import shutil
 import sqlite3
 from pathlib import Path
 

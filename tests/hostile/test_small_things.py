@@ -3,12 +3,11 @@ repair that could not check a damaged file, an operating-system error with no fi
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
 
-from dbstate import content_hashes
+from dbstate import content_hashes, damage_root_page
 from toolkit.config import load_settings
 from toolkit.fixtures import generate
 
@@ -43,16 +42,9 @@ def test_a_deeply_nested_baseline_is_refused_not_a_crash(cli, data: Path, tmp_pa
 
 
 def _damage(path: Path, table: str) -> None:
-    """Overwrite the root page of ``table`` with garbage (quick_check then fails on the file)."""
     for suffix in ("-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    conn = sqlite3.connect(path)
-    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
-    size = conn.execute("PRAGMA page_size").fetchone()[0]
-    conn.close()
-    raw = bytearray(path.read_bytes())
-    raw[(root - 1) * size:root * size] = b"\xff" * size
-    path.write_bytes(bytes(raw))
+    damage_root_page(path, table, whole=True)
 
 
 def test_a_repair_that_skipped_rules_on_a_damaged_file_does_not_exit_0(cli, data: Path) -> None:

@@ -3,7 +3,6 @@ cannot forge a line or break a table in any format, and a huge value cannot floo
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 from xml.etree import ElementTree as ET

@@ -3,7 +3,6 @@ command parses, loads the content it needs (``toolkit.content``), makes one call
 and renders the result."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 

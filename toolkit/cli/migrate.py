@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..errors import EXIT_FINDINGS, EXIT_OK
-from .common import (CONTEXT, _confirm, _echo_err, _global_options, _json, _print_reconciled, _progress, _Settings,
+from .common import (CONTEXT, _confirm, _echo_err, _global_options, _json, _print_reconciled, _Settings,
                      _settings, _table, _when)
 
 

@@ -46,7 +46,7 @@ from ..rules.model import CheckContext, Rule
 from ..rules.registry import Registry
 from ..rules.runner import new_run_id
 from .log import RunStatus, committed_files, reconcile_repair_log, record_run
-from .plan import PlanStatus, RepairPlan, RulePlan, plan_repairs, reader
+from .plan import PlanStatus, RepairPlan, RulePlan, plan_repairs
 from .store import PlannedChange
 from .verify import Written, verify_repairs
 from .writer import StalePlanError, Writer, read_row, same_value
