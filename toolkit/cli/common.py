@@ -123,7 +123,7 @@ def run(group: click.Group, args: Sequence[str] | None = None, prog_name: str | 
         # click turns a Ctrl-C anywhere in a command into Abort (raised *from* the KeyboardInterrupt);
         # only an Abort at a prompt (raised from None) is a refused confirmation.
         if isinstance(exc.__cause__, KeyboardInterrupt):
-            _echo_err("interrupted; every database is left at its last committed state")
+            _echo_err(_interrupted(exc.__cause__))
             return 130
         _echo_err("aborted; nothing more was changed")
         return EXIT_USAGE
@@ -139,10 +139,16 @@ def run(group: click.Group, args: Sequence[str] | None = None, prog_name: str | 
         _echo_err(f"error: {where}{what[:1].lower()}{what[1:]}; check that the path exists and is writable, "
                   "and that the disk has room")
         return EXIT_RUNTIME
-    except KeyboardInterrupt:
-        _echo_err("interrupted; every database is left at its last committed state")
+    except KeyboardInterrupt as exc:
+        _echo_err(_interrupted(exc))
         return 130
     return result if isinstance(result, int) else EXIT_OK
+
+
+def _interrupted(exc: KeyboardInterrupt) -> str:
+    """The line for an interrupt: the library's own (naming the migration it rolled back), or the general one."""
+    message = getattr(exc, "message", None)
+    return f"interrupted: {message}" if message else "interrupted; every database is left at its last committed state"
 
 
 def _print_reconciled(notes: Sequence[str]) -> None:

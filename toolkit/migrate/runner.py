@@ -4,12 +4,16 @@ Order of events for one migration on one file::
 
     BEGIN IMMEDIATE                      (waits up to the busy timeout for other writers)
     backup through the backup API        (first change to this file in this run)
-    the migration's statements
+    the migration's statements           (SQLite's authorizer refuses transaction control meanwhile;
+                                          then its transaction must still be this one: TransactionWatch)
     INSERT INTO _toolkit_migrations      (the record, in the same transaction)
     COMMIT                               <- the file is now migrated, and says so
     migration_history upsert             (migrations.db; reconciled later if we die before this)
 
-A failure anywhere before COMMIT rolls the file back to exactly what it was.
+A failure anywhere before COMMIT rolls the file back to exactly what it was. A migration whose code
+went around the authorizer and ended the transaction is not recorded as applied, and its error names
+what was committed instead. ``sys.exit`` in a migration is a failure; an interrupt rolls it back and
+propagates as :class:`~toolkit.migrate.discovery.MigrationInterrupted` (a KeyboardInterrupt naming it).
 
 A migration that declares ``REBUILDS_TABLES = True`` (it calls ``db.transform()``) runs with foreign
 keys switched off around that transaction (``PRAGMA foreign_keys`` cannot change inside one), and
@@ -29,7 +33,8 @@ from ..config import DATABASES, HISTORY, Settings
 from ..db import atomic, check_file, translate_error
 from ..errors import DatabaseFileError, MigrationFailedError, ToolkitError
 from ..lock import Holder
-from .discovery import Migration, MigrationContext
+from .discovery import (Migration, MigrationContext, MigrationInterrupted, RefusedStatement, TransactionEscaped,
+                        TransactionWatch, refused_reason)
 from .plan import Plan, Step, plan_downgrade, plan_upgrade
 from .rebuild import foreign_key_violations, foreign_keys_off, refuse_new_violations
 from .state import (FileState, MigrationStatus, ensure_bookkeeping, read_states, reconcile, record_event, record_history,
@@ -161,6 +166,7 @@ def _run_step(
     step: Step,
     *,
     backup_first: bool,
+    created: bool = False,
     result: RunResult,
 ) -> None:
     m = step.migration
@@ -170,7 +176,7 @@ def _run_step(
     ctx = MigrationContext(conn, m.database, rebuilds_tables=m.rebuilds_tables)
     with foreign_keys_off(conn, m.rebuilds_tables):
         _run_in_transaction(settings, conn, history, step, ctx, path, started, clock,
-                            backup_first=backup_first, result=result)
+                            backup_first=backup_first, created=created, result=result)
     duration = time.perf_counter() - clock
     CHECKPOINT[0]("after_file_commit", m)
     status = MigrationStatus.APPLIED if step.direction == "upgrade" else MigrationStatus.ROLLED_BACK
@@ -178,11 +184,62 @@ def _run_step(
     result.steps.append(StepResult(m.label, m.database, step.direction, duration, list(ctx.statements)))
 
 
+def _shown(statement: str | None) -> str | None:
+    shown = " ".join(statement.split()) if statement else None
+    return shown[:197] + "..." if shown and len(shown) > 200 else shown
+
+
+def _failure(subject: str, verb: str, m: Migration, path: Path, ctx: MigrationContext, watch: TransactionWatch | None,
+             exc: BaseException, *, unchanged: str, again: str, created: bool = False) -> BaseException:
+    """The one-line error for a migration that did not complete, once its transaction is rolled back:
+    a refused statement, an exception, ``sys.exit``, an interrupt, or code that went around the
+    runner's transaction (then what it committed is named, never "left as before")."""
+    where = f"on database {m.database} ({path})"
+    # Code that ended the transaction and then failed, with nothing committed, is an ordinary failure
+    # (SQLite itself rolls back on some errors, e.g. a full disk): the file is as it was.
+    escaped = watch is not None and watch.verdict and (watch.committed or isinstance(exc, TransactionEscaped))
+    if isinstance(exc, KeyboardInterrupt) and not escaped:
+        return MigrationInterrupted(f"{subject} {where} was rolled back and not recorded as applied; every "
+                                    "database is left at its last committed state")
+
+    def failed(message: str, hint: str) -> MigrationFailedError:
+        return MigrationFailedError(message, migration_id=m.id, database=m.database, path=path,
+                                    statement=ctx.current, hint=hint)
+
+    if escaped:
+        assert watch is not None
+        try:
+            changes = watch.changes()
+        except sqlite3.Error as error:
+            changes = f"changes were committed to the file (they could not be listed: {error})"
+        if watch.committed and created:
+            changes += f"; {path.name} did not exist before this run and is removed again"
+        last = _shown(ctx.current)
+        after = f" after statement `{last}`" if last else ""
+        state = changes if watch.committed else f"{changes}; {unchanged}"
+        check = ("check the file (`migrate verify`) and put a backup back if needed (`migrate restore --list`); "
+                 if watch.committed and not created else "")
+        return failed(f"{subject} went around the runner's transaction {where}{after}: {watch.verdict}; {state}; "
+                      "it was not recorded as applied", f"{check}remove the transaction control from {m.path.name}")
+    if isinstance(exc, SystemExit):
+        return failed(f"{subject} called sys.exit({exc.code!r}) {where}: rolled back, not recorded as applied; {unchanged}",
+                      f"a migration fails by raising an exception, never by exiting; fix {m.path.name} and {again}")
+    refused = exc.message if isinstance(exc, RefusedStatement) else refused_reason(ctx, exc)
+    shown = _shown(ctx.current)
+    if refused and not isinstance(exc, RefusedStatement):
+        shown = None  # refused on the connection itself, not through db.execute
+    at = f" at statement `{shown}`" if shown else (" at a statement run on the connection directly" if refused else "")
+    reason = refused or (exc.message if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}")
+    hint = f"remove that statement from {m.path.name} and {again}" if refused else f"fix the cause and {again}"
+    return failed(f"{subject} {verb} {where}{at}: {reason}; {unchanged}", hint)
+
+
 def _run_in_transaction(settings: Settings, conn: sqlite3.Connection, history: sqlite3.Connection, step: Step,
                         ctx: MigrationContext, path: Path, started: float, clock: float, *,
-                        backup_first: bool, result: RunResult) -> None:
+                        backup_first: bool, created: bool, result: RunResult) -> None:
     m = step.migration
     began = False
+    watch: TransactionWatch | None = None
     try:
         with atomic(conn, path=path, action=f"starting migration {m.label}"):
             began = True
@@ -192,41 +249,36 @@ def _run_in_transaction(settings: Settings, conn: sqlite3.Connection, history: s
                     result.backups.append(item)
             ensure_bookkeeping(conn)
             baseline = foreign_key_violations(conn) if m.rebuilds_tables else None
+            watch = TransactionWatch(conn, path)
+            watch.run(m.upgrade if step.direction == "upgrade" else m.downgrade, ctx)
+            watch.close()
+            ctx.current = None
+            if baseline is not None:
+                refuse_new_violations(conn, baseline)
             if step.direction == "upgrade":
-                m.upgrade(ctx)
-                ctx.current = None
-                if baseline is not None:
-                    refuse_new_violations(conn, baseline)
                 conn.execute(
                     "INSERT INTO _toolkit_migrations (migration_id, name, checksum, source, applied_at, duration_seconds) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     (m.id, m.label, m.checksum, m.source, int(started), time.perf_counter() - clock),
                 )
             else:
-                m.downgrade(ctx)
-                ctx.current = None
-                if baseline is not None:
-                    refuse_new_violations(conn, baseline)
                 conn.execute("DELETE FROM _toolkit_migrations WHERE migration_id = ?", (m.id,))
     except BaseException as exc:
-        if not began or not isinstance(exc, Exception):
-            raise  # BEGIN failed (translated, naming the file), or an interrupt: rolled back either way
-        statement = ctx.current
-        reason = exc.message if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"
-        shown = " ".join(statement.split()) if statement else None
-        if shown and len(shown) > 200:
-            shown = shown[:197] + "..."
-        where = f" at statement `{shown}`" if shown else ""
-        error = f"{step.direction} of migration {m.label} failed on database {m.database} ({path}){where}: {reason}"
-        try:
-            _record(history, m, path, MigrationStatus.FAILED, started, time.perf_counter() - clock, error, step.direction)
-        except sqlite3.Error:
-            pass  # the failure itself is what the user must see
-        raise MigrationFailedError(
-            error + "; the file was left exactly as before",
-            migration_id=m.id, database=m.database, path=path, statement=statement,
-            hint=f"fix the cause and run `migrate {step.direction}` again",
-        ) from exc
+        if not began:
+            raise  # BEGIN failed (translated, naming the file), or an interrupt before it: nothing ran
+        failure = _failure(f"{step.direction} of migration {m.label}", "failed", m, path, ctx, watch, exc,
+                           unchanged="the file was left exactly as before", again=f"run `migrate {step.direction}` again",
+                           created=created)
+        if isinstance(failure, MigrationFailedError):
+            try:
+                _record(history, m, path, MigrationStatus.FAILED, started, time.perf_counter() - clock,
+                        failure.message, step.direction)
+            except sqlite3.Error:
+                pass  # the failure itself is what the user must see
+        raise failure from exc
+    finally:
+        if watch is not None:
+            watch.close()
 
 
 def _execute(settings: Settings, plan: Plan, history: sqlite3.Connection, result: RunResult, progress: Progress) -> None:
@@ -238,8 +290,8 @@ def _execute(settings: Settings, plan: Plan, history: sqlite3.Connection, result
             name = step.migration.database
             progress(f"{step.direction} {step.migration.label} on {name}")
             try:
-                _run_step(settings, conns[name], history, step,
-                          backup_first=name not in touched and existed[name], result=result)
+                _run_step(settings, conns[name], history, step, backup_first=name not in touched and existed[name],
+                          created=name not in touched and not existed[name], result=result)
             except BaseException:
                 if not existed[name] and name not in touched:
                     conns.pop(name).close()
@@ -268,7 +320,8 @@ def _dry_run(settings: Settings, plan: Plan, result: RunResult) -> None:
         by_db.setdefault(step.migration.database, []).append(step)
     for name, steps in by_db.items():
         path = settings.path(name)
-        if check_file(path, must_exist=False):
+        on_disk = check_file(path, must_exist=False)
+        if on_disk:
             conn = sqlite3.connect(str(path), isolation_level=None, timeout=settings.busy_timeout)
         else:
             conn = sqlite3.connect(":memory:", isolation_level=None)
@@ -282,20 +335,22 @@ def _dry_run(settings: Settings, plan: Plan, result: RunResult) -> None:
                 with atomic(conn, path=path, action="rehearsing the upgrade"):
                     for step in steps:
                         ctx = MigrationContext(conn, name, rebuilds_tables=step.migration.rebuilds_tables)
+                        watch: TransactionWatch | None = None
                         try:
                             baseline = foreign_key_violations(conn) if step.migration.rebuilds_tables else None
-                            step.migration.upgrade(ctx)
+                            watch = TransactionWatch(conn, path if on_disk else None)
+                            watch.run(step.migration.upgrade, ctx)
+                            watch.close()
                             if baseline is not None:
                                 ctx.current = None
                                 refuse_new_violations(conn, baseline)
-                        except Exception as exc:
-                            shown = " ".join((ctx.current or "").split())
-                            where = f" at statement `{shown}`" if shown else ""
-                            raise MigrationFailedError(
-                                f"dry run: migration {step.migration.label} would fail on database {name} ({path}){where}: {exc}",
-                                migration_id=step.migration.id, database=name, path=path, statement=ctx.current,
-                                hint="fix the migration; nothing was changed",
-                            ) from exc
+                        except BaseException as exc:
+                            raise _failure(f"dry run: migration {step.migration.label}", "would fail", step.migration,
+                                           path, ctx, watch, exc, unchanged="nothing was changed",
+                                           again="run `migrate upgrade --dry-run` again") from exc
+                        finally:
+                            if watch is not None:
+                                watch.close()
                         result.steps.append(StepResult(step.migration.label, name, "upgrade", 0.0, list(ctx.statements)))
                     raise _Rehearsed  # a rehearsal always rolls back
             except _Rehearsed:
