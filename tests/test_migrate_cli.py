@@ -16,8 +16,8 @@ ALL_BUNDLED = ["001", "002", "003", "004", "005"]
 
 STATUS_SCHEMA = {
     "type": "object",
-    "required": ["data_dir", "data_dir_source", "initialised", "databases", "reconciled", "reconcile_pending",
-                 "lock_holder", "up_to_date"],
+    "required": ["data_dir", "data_dir_source", "initialised", "databases", "reconciled", "to_reconcile",
+                 "reconcile_pending", "lock_holder", "up_to_date"],
     "properties": {
         "data_dir": {"type": "string"},
         "data_dir_source": {"enum": ["option", "$TOOLKIT_DATA_DIR", "pyproject.toml", "default"]},
@@ -25,7 +25,8 @@ STATUS_SCHEMA = {
         "up_to_date": {"type": "boolean"},
         "reconcile_pending": {"type": "boolean"},
         "lock_holder": {"type": ["string", "null"]},
-        "reconciled": {"type": "array", "items": {"type": "string"}},
+        "reconciled": {"type": "array", "maxItems": 0},
+        "to_reconcile": {"type": "array", "items": {"type": "string"}},
         "databases": {
             "type": "array", "minItems": 3, "maxItems": 3,
             "items": {
@@ -49,11 +50,12 @@ STATUS_SCHEMA = {
 
 VERIFY_SCHEMA = {
     "type": "object",
-    "required": ["data_dir", "ok", "findings", "reconciled", "checked"],
+    "required": ["data_dir", "ok", "findings", "reconciled", "to_reconcile", "checked"],
     "properties": {
         "data_dir": {"type": "string"},
         "ok": {"type": "boolean"},
-        "reconciled": {"type": "array", "items": {"type": "string"}},
+        "reconciled": {"type": "array", "maxItems": 0},
+        "to_reconcile": {"type": "array", "items": {"type": "string"}},
         "findings": {"type": "array", "items": {
             "type": "object", "required": ["check", "database", "subject", "detail"],
             "properties": {k: {"type": "string"} for k in ("check", "database", "subject", "detail")},
@@ -133,21 +135,35 @@ def test_verify_json_clean_and_with_findings(cli, migrated):
     assert text.returncode == 1 and "2 finding(s)" in text.stdout and "hand_made" in text.stdout
 
 
-def test_verify_finds_a_ledger_that_disagrees_and_reconciles_it(cli, migrated, lifecycle):
+def test_a_ledger_that_disagrees_is_reported_by_reads_and_reconciled_by_a_writing_command(cli, migrated, lifecycle):
+    # status and verify only read: they report what is to reconcile and write nothing (they used to
+    # reconcile themselves); the next writing command records it.
     conn = sqlite3.connect(migrated.history_path, isolation_level=None)
     try:
         conn.execute("DELETE FROM migration_history WHERE migration_id = '004'")
         conn.execute("UPDATE migration_history SET status = 'applied' WHERE migration_id = '005'")
     finally:
         conn.close()
-    result = migrate(cli, migrated, "status")
-    assert result.returncode == 0
-    notes = [line for line in result.stderr.splitlines() if line.startswith("reconciled: ")]
-    assert len(notes) == 1 and "004_create_ledger_tables" in notes[0] and "missing from the ledger" in notes[0]
+    before = lifecycle.snapshot(migrated.data_dir)
+    for command in ("status", "verify"):
+        result = migrate(cli, migrated, command)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "reconciled:" not in result.stderr
+        notes = [line for line in result.stderr.splitlines() if line.startswith("to reconcile: ")]
+        assert len(notes) == 1 and "004_create_ledger_tables" in notes[0] and "missing from the ledger" in notes[0]
+        assert "reconciling records it as applied" in notes[0]
+        assert lifecycle.snapshot(migrated.data_dir) == before
+    assert "004" not in lifecycle.history(migrated.data_dir)
+    assert json.loads(migrate(cli, migrated, "status", "--json").stdout)["reconcile_pending"] is True
+
+    written = migrate(cli, migrated, "upgrade")
+    assert written.returncode == 0, written.stderr
+    notes = [line for line in written.stderr.splitlines() if line.startswith("reconciled: ")]
+    assert len(notes) == 1 and "004_create_ledger_tables" in notes[0] and "recorded as applied" in notes[0]
     assert lifecycle.history(migrated.data_dir)["004"][0] == "applied"
     assert ("004", "reconcile", "applied") in lifecycle.events(migrated.data_dir)
     again = migrate(cli, migrated, "status")
-    assert "reconciled:" not in again.stderr
+    assert "reconcile" not in again.stderr
     assert migrate(cli, migrated, "verify").returncode == 0
 
 

@@ -148,17 +148,24 @@ def test_sigkill_between_file_commit_and_ledger_write_is_reconciled(settings, li
     ledger = lifecycle.history(settings.data_dir)
     assert {mid: row[0] for mid, row in ledger.items()} == {"001": "applied", "002": "applied", "003": "applied"}
 
+    # status only reads: it reports what is to reconcile and writes nothing
+    before = lifecycle.snapshot(settings.data_dir)
     status = cli("migrate", "--data-dir", data, "status")
     assert status.returncode == 0, status.stderr
-    notes = [line for line in status.stderr.splitlines() if line.startswith("reconciled: ")]
+    notes = [line for line in status.stderr.splitlines() if line.startswith("to reconcile: ")]
+    assert len(notes) == 1 and "reconciled:" not in status.stderr
+    assert "004_create_ledger_tables" in notes[0] and "trading.db" in notes[0] and "records it as applied" in notes[0]
+    assert lifecycle.snapshot(settings.data_dir) == before
+
+    # the next writing command reconciles (once) and says so
+    result = cli("migrate", "--data-dir", data, "upgrade")
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("reconciled: ")]
     assert len(notes) == 1
     assert "004_create_ledger_tables" in notes[0] and "trading.db" in notes[0] and "recorded as applied" in notes[0]
     assert lifecycle.history(settings.data_dir)["004"][0] == "applied"
     assert Counter(e for e in lifecycle.events(settings.data_dir) if e[1] == "reconcile") == {("004", "reconcile", "applied"): 1}
-    assert "reconciled" not in cli("migrate", "--data-dir", data, "status").stderr  # said once, then true
-
-    result = cli("migrate", "--data-dir", data, "upgrade")
-    assert result.returncode == 0, result.stderr
+    assert "reconcile" not in cli("migrate", "--data-dir", data, "status").stderr  # said once, then true
     assert result.stdout.splitlines() == [line for line in result.stdout.splitlines() if "005_create_rl_model_states" in line]
     applied = upgrade_events(lifecycle, settings.data_dir)
     assert applied == {"001": 1, "002": 1, "003": 1, "005": 1}  # 004 was never run a second time
@@ -278,14 +285,20 @@ def test_sigkill_between_file_commit_and_ledger_write_of_a_downgrade(migrated, l
     assert lifecycle.records(migrated.path("trading")) == ["002", "004"]  # 004 was next, never reached
     assert lifecycle.history(migrated.data_dir)["005"][0] == "applied"  # the ledger is behind the file
 
+    # status only reads: it reports what is to reconcile and writes nothing
+    before = lifecycle.snapshot(migrated.data_dir)
     status = cli("migrate", "--data-dir", data, "status")
     assert status.returncode == 0, status.stderr
-    notes = [line for line in status.stderr.splitlines() if line.startswith("reconciled: ")]
-    assert len(notes) == 1 and "005_create_rl_model_states" in notes[0] and "rolled back" in notes[0]
-    assert lifecycle.history(migrated.data_dir)["005"][0] == "rolled_back"
+    notes = [line for line in status.stderr.splitlines() if line.startswith("to reconcile: ")]
+    assert len(notes) == 1 and "005_create_rl_model_states" in notes[0] and "records it as rolled back" in notes[0]
+    assert lifecycle.snapshot(migrated.data_dir) == before
+    assert lifecycle.history(migrated.data_dir)["005"][0] == "applied"
 
+    # the next writing command reconciles it, then reverts 004 only
     result = cli("migrate", "--data-dir", data, "downgrade", "--migration", "004", "--yes")
     assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("reconciled: ")]
+    assert len(notes) == 1 and "005_create_rl_model_states" in notes[0] and "recorded as rolled back" in notes[0]
     assert [line.split()[1] for line in result.stdout.splitlines()] == ["004_create_ledger_tables"]
     downgrades = Counter(mid for mid, action, st in lifecycle.events(migrated.data_dir) if action == "downgrade")
     assert downgrades == {"004": 1}

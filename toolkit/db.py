@@ -4,6 +4,8 @@ Every connection is opened with ``isolation_level=None``: Python never begins or
 behalf, and every transaction in the toolkit is opened by :func:`atomic` (``BEGIN IMMEDIATE`` or a
 ``SAVEPOINT`` when nested).
 Writable connections use WAL, ``synchronous=NORMAL``, ``foreign_keys=ON`` and a busy timeout.
+Read-only connections never write anything, not even on a read-only snapshot (see
+:func:`read_only_uri`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ __all__ = [
     "split_statements",
     "translate_error",
     "is_read_only",
+    "nobody_writes",
+    "is_wal_file",
+    "read_only_uri",
     "check_file",
     "quick_check",
     "content_hash",
@@ -48,6 +53,73 @@ def is_read_only(path: Path) -> bool:
     except OSError:
         return False
     return not (mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) or not os.access(path, os.W_OK)
+
+
+def nobody_writes(path: Path) -> bool:
+    """True when nobody can write ``path``: its mode bits grant write permission to no one (root
+    aside, who bypasses them and whom the toolkit's own writers refuse too), or its file system is
+    mounted read-only. Unlike :func:`is_read_only`, a file that only this user cannot write does
+    not count: its owner may be writing it."""
+    try:
+        if not os.stat(path).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+            return True
+        return bool(os.statvfs(path).f_flag & getattr(os, "ST_RDONLY", 1))
+    except (OSError, AttributeError):
+        return False
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return 1  # there, but unreadable: treat it as holding something
+
+
+def read_only_uri(path: Path) -> str:
+    """The URI a read-only connection opens ``path`` with, so that reading never writes anything.
+
+    ``mode=ro`` by default. On a read-only snapshot (:func:`nobody_writes` the file or its
+    directory) SQLite could not create the ``-wal``/``-shm`` files a WAL database needs (and root,
+    who could, must not write into a snapshot), so:
+
+    - no ``-wal`` content (and no ``-shm`` a live writer would be using): ``immutable=1`` — no
+      locks, no ``-shm``, no ``-wal``. Safe because nobody can write the file; an immutable open
+      would ignore a ``-wal``, which is why one with content rules it out.
+    - a ``-wal`` and its ``-shm``: ``mode=ro`` with the ``-shm`` only read (``readonly_shm=1``,
+      SQLite keeps the wal-index in memory), so the commits in the ``-wal`` are read too.
+    - a ``-wal`` with content but no ``-shm`` in a read-only directory: refused, naming the file
+      (SQLite cannot read that log without creating the ``-shm``).
+    """
+    uri = path.resolve().as_uri() + "?mode=ro"
+    directory_frozen = nobody_writes(path.parent)
+    if not (directory_frozen or nobody_writes(path)):
+        return uri
+    if _size(f"{path}-journal"):
+        return uri  # a hot rollback journal: SQLite must see it (and says so if it cannot roll it back)
+    wal, shm = _size(f"{path}-wal"), _size(f"{path}-shm") is not None
+    if not wal and (wal is None or not shm):
+        return uri + "&immutable=1"
+    if shm:
+        return uri + "&readonly_shm=1"
+    if directory_frozen:
+        raise DatabaseFileError(
+            path, f"has a write-ahead log ({path.name}-wal) but no {path.name}-shm, in a read-only directory: "
+                  "SQLite cannot read it without writing",
+            hint="take the snapshot with its -shm file (or checkpoint the database first), or copy it somewhere writable")
+    return uri
+
+
+def is_wal_file(path: Path) -> bool:
+    """Whether the file's header says WAL mode (read and write versions 2): the journal mode an
+    immutable connection cannot report (it says ``delete``)."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and header[18] == 2 and header[19] == 2
 
 
 def check_file(path: Path, *, must_exist: bool = True, writable: bool = False) -> bool:
@@ -97,6 +169,19 @@ def translate_error(exc: sqlite3.Error, path: object, *, action: str = "") -> To
     return DatabaseFileError(path, f"{text}{where}")
 
 
+def _opening_error(exc: sqlite3.Error, path: Path, *, readonly: bool, action: str) -> ToolkitError:
+    """:func:`translate_error`, but a read-only open that SQLite refuses because it would have to
+    create the ``-shm``/``-wal`` files in a directory this user cannot write (files someone else
+    owns, and may be writing, so they cannot be opened immutable) says that, not "make it writable"."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if readonly and name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")) and is_read_only(path.parent):
+        return DatabaseFileError(
+            path, f"cannot be read by this user: SQLite must create its {path.name}-shm beside it and the "
+                  "directory is not writable (its owner may be writing the file)",
+            hint="run as the owner, or check a read-only snapshot (a copy made with chmod -R a-w, or a read-only mount)")
+    return translate_error(exc, path, action=action)
+
+
 def _apply_pragmas(conn: sqlite3.Connection, busy_timeout: float, *, writable: bool, schema: str = "main") -> None:
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
@@ -123,13 +208,13 @@ def connect(
     path = Path(path)
     existed = check_file(path, must_exist=not create, writable=not readonly)
     if readonly:
-        target, uri = path.resolve().as_uri() + "?mode=ro", True
+        target, uri = read_only_uri(path), True
     else:
         target, uri = str(path), False
     try:
         conn = sqlite3.connect(target, isolation_level=None, uri=uri, timeout=busy_timeout, factory=factory)
     except sqlite3.Error as exc:
-        raise translate_error(exc, path, action="opening") from exc
+        raise _opening_error(exc, path, readonly=readonly, action="opening") from exc
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         _apply_pragmas(conn, busy_timeout, writable=not readonly)
@@ -137,7 +222,7 @@ def connect(
         conn.close()
         if not existed and path.exists() and path.stat().st_size == 0:
             path.unlink()
-        raise translate_error(exc, path, action="opening") from exc
+        raise _opening_error(exc, path, readonly=readonly, action="opening") from exc
     return conn
 
 
@@ -159,7 +244,7 @@ def open_databases(
         conn.execute("PRAGMA foreign_keys = ON")
         for name, path in paths.items():
             check_file(path, must_exist=True, writable=not readonly)
-            target = path.resolve().as_uri() + ("?mode=ro" if readonly else "")
+            target = read_only_uri(path) if readonly else path.resolve().as_uri()
             try:
                 conn.execute(f"ATTACH DATABASE ? AS {quote_ident(name)}", (target,))
                 conn.execute(f"SELECT count(*) FROM {quote_ident(name)}.sqlite_master").fetchone()
@@ -168,7 +253,7 @@ def open_databases(
                 if cache_kib:
                     conn.execute(f"PRAGMA {quote_ident(name)}.cache_size = -{int(cache_kib)}")
             except sqlite3.Error as exc:
-                raise translate_error(exc, path, action="attaching") from exc
+                raise _opening_error(exc, path, readonly=readonly, action="attaching") from exc
     except BaseException:
         conn.close()
         raise

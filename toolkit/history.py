@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import Settings
-from .db import connect, split_statements, transaction
+from .db import connect, is_read_only, split_statements, transaction
 
-__all__ = ["HISTORY_SCHEMA", "open_history", "ensure_history_schema", "iso"]
+__all__ = ["HISTORY_SCHEMA", "HISTORY_TABLES", "open_history", "ensure_history_schema", "history_read_only", "iso"]
 
 #: Each entry upgrades the history file by one version; never edit a released entry, append.
 HISTORY_SCHEMA: tuple[str, ...] = (
@@ -106,6 +106,11 @@ HISTORY_SCHEMA: tuple[str, ...] = (
 )
 
 
+#: The tables a history file holds (every version of the schema above).
+HISTORY_TABLES = frozenset({"migration_history", "migration_events", "check_runs", "check_results", "repair_runs",
+                            "repair_log"})
+
+
 def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
@@ -139,3 +144,14 @@ def open_history(settings: Settings, *, create: bool = False, readonly: bool = F
             conn.close()
             raise
     return conn
+
+
+def history_read_only(settings: Settings) -> Path | None:
+    """What keeps ``migrations.db`` from being written, or ``None``: the file marked read-only, or
+    its directory (where SQLite creates the file and its ``-wal``/``-shm``) marked read-only."""
+    path: Path = settings.history_path
+    if path.exists() and is_read_only(path):
+        return path
+    if settings.data_dir.is_dir() and is_read_only(settings.data_dir):
+        return settings.data_dir
+    return None

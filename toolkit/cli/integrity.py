@@ -48,30 +48,41 @@ def _registry(settings):
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), help="Write the report to FILE instead of stdout.")
 @click.option("--baseline", type=click.Path(path_type=Path, dir_okay=False), help="Accept the violations listed in FILE.")
 @click.option("--sample", type=click.IntRange(min=0), default=20, show_default=True, help="Violations shown per rule.")
+@click.option("--history-file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Record the run in FILE (an SQLite run history, created if absent) instead of migrations.db: "
+                   "for a read-only data directory. Read it with `integrity history --history-file FILE`.")
 @click.pass_context
 def integrity_check(ctx: click.Context, rule_ids: tuple[str, ...], fail_on: str, fmt: str, output: Path | None,
-                    baseline: Path | None, sample: int) -> int:
+                    baseline: Path | None, sample: int, history_file: Path | None) -> int:
     """Run the rules over all databases at once; the pre-deploy gate.
 
     Exit codes: 0 nothing at or above --fail-on, 1 violations (or a rule errored or was
-    skipped), 3 runtime error. Every run is recorded (see `integrity history`).
+    skipped), 3 runtime error. Every run is recorded in migrations.db, or in --history-file
+    (see `integrity history`); reads only otherwise, so it runs on a read-only snapshot, where
+    the run is recorded only with --history-file (stderr says so; the exit code is the same).
     """
     from ..outputs import refuse_output_over_input, write_text_atomic
     from ..report import render, summary
     from ..rules.baseline import load_baseline
-    from ..rules.history import record_check_run
+    from ..rules.history import check_history_file, record_check_run
     from ..rules.model import Severity
     from ..rules.runner import run_checks
 
     settings = _settings(ctx)
     if output is not None:
         refuse_output_over_input(settings, output, "--output")
+    if history_file is not None:
+        if output is not None and output.resolve() == history_file.resolve():
+            raise click.UsageError("--output and --history-file name the same file; name two files")
+        check_history_file(settings, history_file)
     accepted = load_baseline(baseline) if baseline is not None else None
     report = run_checks(settings, rule_ids=list(rule_ids) or None, registry=_registry(settings),
                         fail_on=Severity[fail_on.upper()], sample=sample,
                         accepted=accepted.fingerprints if accepted else None,
                         baseline_name=str(baseline) if baseline else None, progress=_progress())
-    record_check_run(settings, report)
+    recorded = record_check_run(settings, report, history_file=history_file)
+    if not recorded.recorded:
+        _echo_err(f"run history not recorded: {recorded.read_only} is read-only; use --history-file FILE to keep it elsewhere")
     text = render(report, fmt)
     if output is not None:
         write_text_atomic(output, text if text.endswith("\n") else text + "\n")
@@ -147,16 +158,18 @@ def integrity_baseline_prune(ctx: click.Context, file: Path) -> int:
 @click.argument("run_id", required=False)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--history-file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Read the runs `integrity check --history-file FILE` recorded, instead of migrations.db.")
 @click.pass_context
-def integrity_history(ctx: click.Context, run_id: str | None, limit: int, as_json: bool) -> int:
-    """List recorded check runs, or show one run's results per rule."""
+def integrity_history(ctx: click.Context, run_id: str | None, limit: int, as_json: bool, history_file: Path | None) -> int:
+    """List recorded check runs, or show one run's results per rule (reads only)."""
     from dataclasses import asdict
 
     from ..rules.history import check_run, list_check_runs
 
     settings = _settings(ctx)
     if run_id:
-        run = check_run(settings, run_id)
+        run = check_run(settings, run_id, history_file=history_file)
         if as_json:
             click.echo(_json(asdict(run)))
         else:
@@ -165,7 +178,7 @@ def integrity_history(ctx: click.Context, run_id: str | None, limit: int, as_jso
                                 (r["error"] or "")[:80]] for r in run.results],
                               ["rule", "severity", "status", "count", "baselined", "error / reason"]))
         return EXIT_OK
-    runs = list_check_runs(settings, limit=limit)
+    runs = list_check_runs(settings, limit=limit, history_file=history_file)
     if as_json:
         click.echo(_json([asdict(r) for r in runs]))
     elif not runs:

@@ -14,6 +14,12 @@ from .common import (CONTEXT, _confirm, _echo_err, _global_options, _json, _prin
 
 # -- migrate ---------------------------------------------------------------------------------------
 
+def _print_to_reconcile(notes: list[str]) -> None:
+    """What a read command found the ledger lacks (it writes nothing; a writing command records it)."""
+    for note in notes:
+        _echo_err(f"to reconcile: {note}")
+
+
 @click.group(name="migrate", context_settings=CONTEXT)
 @_global_options
 @click.pass_context
@@ -21,7 +27,8 @@ def migrate_group(ctx: click.Context, **options: Any) -> None:
     """Move positions.db, trading.db and ml_training.db through their migrations.
 
     Each migration runs in one transaction on its file and records itself in that file;
-    migrations.db is the cross-database ledger, reconciled with the files by every command.
+    migrations.db is the cross-database ledger, reconciled with the files by every writing
+    command (status and verify only read: they say what is to reconcile).
     """
     ctx.obj = _Settings(**options)
 
@@ -95,7 +102,11 @@ def migrate_downgrade(ctx: click.Context, target: str | None, database: str | No
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def migrate_status(ctx: click.Context, as_json: bool) -> int:
-    """Per database: file, version, applied, pending, last applied time, drift."""
+    """Per database: file, version, applied, pending, last applied time, drift.
+
+    Reads only (it runs on a read-only snapshot): what the ledger lacks is reported as
+    "to reconcile" on stderr and recorded by the next writing command.
+    """
     from ..content import load_migrations
     from ..migrate.status import status
 
@@ -104,22 +115,26 @@ def migrate_status(ctx: click.Context, as_json: bool) -> int:
     if as_json:
         click.echo(_json(report.to_dict()))
         return EXIT_OK
-    _print_reconciled(report.reconciled if not report.reconcile_pending else [])
-    if report.reconcile_pending:
-        for note in report.reconciled:
-            _echo_err(f"to reconcile (not written: {report.not_written}): {note}")
+    _print_to_reconcile(report.to_reconcile)
+    if report.lock_holder:
+        _echo_err(f"note: {report.lock_holder} holds the lock; a writing command is at work")
     click.echo(f"data dir: {report.data_dir} ({report.data_dir_source})")
     if not report.initialised:
         click.echo("not initialised: run `migrate upgrade` to create the databases")
     rows = [
-        [d.name, Path(d.file).name if d.exists else f"{Path(d.file).name} (missing)", d.version or "-",
-         len(d.applied), len(d.pending), _when(d.last_applied_at),
+        [d.name, f"{Path(d.file).name} (LOST)" if d.lost else Path(d.file).name if d.exists else f"{Path(d.file).name} (missing)",
+         d.version or "-", len(d.applied), "-" if d.lost else len(d.pending), _when(d.last_applied_at),
          ", ".join(d.drift + [f"{u} (no file)" for u in d.unknown]) or "-"]
         for d in report.databases
     ]
     click.echo(_table(rows, ["database", "file", "version", "applied", "pending", "last applied (UTC)", "drift"]))
+    for d in report.databases:
+        if d.lost:
+            click.echo(f"LOST: {d.lost}; restore it with `migrate restore --database {d.name}` (upgrading would not bring it back)")
     if report.initialised:
-        click.echo("up to date" if report.up_to_date else "pending or drifted migrations: see above")
+        lost = any(d.lost for d in report.databases)
+        click.echo("up to date" if report.up_to_date else
+                   "a database is lost: see above" if lost else "pending or drifted migrations: see above")
     return EXIT_OK
 
 
@@ -130,7 +145,8 @@ def migrate_status(ctx: click.Context, as_json: bool) -> int:
 def migrate_verify(ctx: click.Context, as_json: bool) -> int:
     """Checksums, ledger vs files, live vs expected schema, quick_check, foreign keys, WAL.
 
-    Exits 1 when anything is found.
+    Exits 1 when anything is found. Reads only (it runs on a read-only snapshot): the ledger
+    is compared as the next writing command will reconcile it, which is reported as "to reconcile".
     """
     from ..content import load_migrations
     from ..migrate.verify import verify
@@ -140,7 +156,7 @@ def migrate_verify(ctx: click.Context, as_json: bool) -> int:
     if as_json:
         click.echo(_json(report.to_dict()))
     else:
-        _print_reconciled(report.reconciled)
+        _print_to_reconcile(report.to_reconcile)
         if report.findings:
             click.echo(_table([[f.check, f.database, f.subject, f.detail] for f in report.findings],
                               ["check", "database", "subject", "detail"]))

@@ -3,13 +3,15 @@
 Each database carries ``_toolkit_migrations``: one row per applied migration, written in the same
 transaction as the migration itself, so a file can never be changed without its record or recorded
 without its change. ``migration_history`` in ``migrations.db`` is committed afterwards (SQLite does not
-commit atomically across files in WAL mode); a crash in between is repaired by :func:`reconcile`.
+commit atomically across files in WAL mode); a crash in between is repaired by :func:`reconcile`,
+which writing commands run under the data-directory lock. Read commands never write the ledger:
+:func:`read_ledger` reconciles it in memory and says what a writing command would record.
 """
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 from ..config import DATABASES, Settings
 from ..backend import backend_for
 from ..db import atomic, translate_error
-from ..errors import DatabaseFileError, LostDatabaseError
+from ..errors import DatabaseFileError
 from ..history import iso
 from .discovery import Migration
 
@@ -29,11 +31,15 @@ __all__ = [
     "ensure_bookkeeping",
     "read_states",
     "read_file_state",
+    "LedgerFix",
     "applied_in_ledger",
     "lost_databases",
     "refuse_lost",
     "refuse_lost_databases",
+    "LedgerView",
+    "ledger_fixes",
     "reconcile",
+    "read_ledger",
     "record_history",
     "record_event",
 ]
@@ -136,13 +142,14 @@ def applied_in_ledger(history: sqlite3.Connection) -> dict[str, list[str]]:
     return by_db
 
 
-def lost_databases(states: dict[str, FileState], history: sqlite3.Connection) -> dict[str, str]:
+def lost_databases(states: dict[str, FileState], history: sqlite3.Connection | Mapping[str, list[str]]) -> dict[str, str]:
     """The databases the ledger says were created and migrated that are now missing, empty, or
     another file (no migration records, or none of its own) — by name, with what is wrong. A file
     that still holds some of its migrations is the same database: what it lacks is reconciled as
     before (a downgrade interrupted after the file's commit lacks its newest one)."""
     lost: dict[str, str] = {}
-    for name, applied in applied_in_ledger(history).items():
+    by_db = history if isinstance(history, Mapping) else applied_in_ledger(history)
+    for name, applied in by_db.items():
         state = states.get(name)
         if state is None or not applied:
             continue
@@ -243,6 +250,59 @@ def record_event(
     )
 
 
+@dataclass(frozen=True)
+class LedgerFix:
+    """One change reconciling ``migration_history`` with a file's records: ``migration_id`` is to be
+    recorded with ``status`` for ``state``'s file (``record`` is the file's record of an applied one)."""
+
+    migration_id: str
+    status: MigrationStatus
+    state: FileState
+    record: AppliedRecord | None
+    what: str          # what disagrees, e.g. "... is applied in trading.db but was missing from the ledger"
+
+    def note(self, *, done: bool) -> str:
+        status = "applied" if self.status == MigrationStatus.APPLIED else "rolled back"
+        return f"{self.what}: recorded as {status}" if done else f"{self.what}; reconciling records it as {status}"
+
+
+def ledger_fixes(ledger: Mapping[str, tuple[str | None, str | None]], states: dict[str, FileState],
+                 migrations: Sequence[Migration], *, lost: Iterable[str] = ()) -> list[LedgerFix]:
+    """What reconciling would change, from the ledger's rows (id -> (status, database)); pure.
+
+    A migration applied in its file but not in the ledger (a crash after the file's commit) is to be
+    recorded as applied; one the ledger calls applied that its file does not have (a downgrade
+    interrupted after the file's commit, a file `migrate restore` put back) as rolled back — except
+    in a ``lost`` database (:func:`lost_databases`): the ledger is how the toolkit knows it was lost.
+    """
+    lost = set(lost)
+    by_id = {m.id: m for m in migrations}
+    fixes: list[LedgerFix] = []
+    for state in states.values():
+        for mid, record in state.records.items():
+            status = ledger.get(mid, (None, None))[0]
+            if status != MigrationStatus.APPLIED:
+                was = f"ledger said {status}" if status else "missing from the ledger"
+                label = record.name if mid not in by_id else by_id[mid].label
+                fixes.append(LedgerFix(mid, MigrationStatus.APPLIED, state, record,
+                                       f"{label} is applied in {state.path.name} but was {was}"))
+    for mid, (status, database) in ledger.items():
+        if status != MigrationStatus.APPLIED or database not in states or database in lost:
+            continue
+        state = states[database]
+        if mid not in state.records:
+            reason = "the file does not exist" if not state.exists else "the file has no record of it"
+            label = by_id[mid].label if mid in by_id else mid
+            fixes.append(LedgerFix(mid, MigrationStatus.ROLLED_BACK, state, None,
+                                   f"{label} was recorded as applied to {state.path.name} but {reason}"))
+    return fixes
+
+
+def _ledger(history: sqlite3.Connection) -> dict[str, tuple[str, str | None, str | None]]:
+    return {row[0]: (row[1], row[2], row[3]) for row in history.execute(
+        "SELECT migration_id, status, database_name, checksum FROM migration_history")}
+
+
 def reconcile(
     history: sqlite3.Connection,
     states: dict[str, FileState],
@@ -251,50 +311,22 @@ def reconcile(
     write: bool = True,
     restored: Iterable[str] = (),
 ) -> list[str]:
-    """Make ``migration_history`` agree with the per-file records; returns what was changed.
+    """Make ``migration_history`` agree with the per-file records (:func:`ledger_fixes`); returns what
+    was changed. With ``write=False`` it only says what a writing command would change. A lost file
+    is never reconciled away, unless `migrate restore` just replaced it (``restored``).
 
-    With ``write=False`` it only says what it would change.
-
-    A migration applied in its file but not in the ledger (a crash after the file's commit) is
-    recorded as applied; one the ledger calls applied that its file does not have is recorded as
-    rolled back only when that is what happened: a downgrade interrupted after the file's commit (the
-    file lacks just its newest migration), or a file deliberately replaced by `migrate restore`
-    (``restored``). A lost file (missing, empty, another database: :func:`lost_databases`) never
-    rewrites the ledger: the ledger is how the toolkit knows it was lost.
+    Only writing commands, under the data-directory lock, call it with ``write=True``; read commands
+    use :func:`read_ledger`, which never writes.
     """
     by_id = {m.id: m for m in migrations}
-    ledger = {
-        row[0]: (row[1], row[2])
-        for row in history.execute("SELECT migration_id, status, database_name FROM migration_history")
-    }
-    notes: list[str] = []
-    writes: list[tuple[MigrationStatus, dict]] = []
-    for state in states.values():
-        for mid, record in state.records.items():
-            status = ledger.get(mid, (None, None))[0]
-            if status != MigrationStatus.APPLIED:
-                was = f"ledger said {status}" if status else "missing from the ledger"
-                notes.append(
-                    f"{record.name if mid not in by_id else by_id[mid].label} is applied in {state.path.name} "
-                    f"but was {was}: recorded as applied"
-                )
-                writes.append((MigrationStatus.APPLIED, {"mid": mid, "state": state, "record": record}))
     lost = set(lost_databases(states, history)) - set(restored)
-    for mid, (status, database) in ledger.items():
-        if status != MigrationStatus.APPLIED or database not in states or database in lost:
-            continue
-        state = states[database]
-        if mid not in state.records:
-            reason = "the file does not exist" if not state.exists else "the file has no record of it"
-            label = by_id[mid].label if mid in by_id else mid
-            notes.append(f"{label} was recorded as applied to {state.path.name} but {reason}: recorded as rolled back")
-            writes.append((MigrationStatus.ROLLED_BACK, {"mid": mid, "state": state, "record": None}))
-    if not writes or not write:
-        return notes
+    fixes = ledger_fixes({mid: row[:2] for mid, row in _ledger(history).items()}, states, migrations, lost=lost)
+    if not fixes or not write:
+        return [fix.note(done=False) for fix in fixes]
     now = time.time()
     with atomic(history):
-        for status, item in writes:
-            mid, state, record = item["mid"], item["state"], item["record"]
+        for fix in fixes:
+            mid, state, record = fix.migration_id, fix.state, fix.record
             migration = by_id.get(mid)
             record_history(
                 history,
@@ -303,26 +335,55 @@ def reconcile(
                 name=record.name if record else (migration.label if migration else mid),
                 database=state.name,
                 path=state.path,
-                status=status,
+                status=fix.status,
                 at=record.applied_at if record else now,
                 checksum=record.checksum if record else None,
             )
             record_event(
-                history, migration_id=mid, database=state.name, action="reconcile", status=status,
+                history, migration_id=mid, database=state.name, action="reconcile", status=fix.status,
                 detail="ledger reconciled with the per-file record", at=now,
             )
-    return notes
+    return [fix.note(done=True) for fix in fixes]
 
 
-def reconcile_if_free(settings: Settings, states: dict[str, FileState], migrations: Sequence[Migration],
-                      command: str) -> list[str]:
-    """Reconcile the migration ledger with the files under the data-directory lock, without waiting
-    for it: raises ``LockTimeoutError`` when another process holds it (the caller reads instead)."""
-    backend = backend_for(settings)
-    with backend.lock(command, timeout=0):
-        history = backend.history()
-        assert history is not None
-        try:
-            return reconcile(history, states, migrations)
-        finally:
-            history.close()
+@dataclass
+class LedgerView:
+    """``migration_history`` as a writing command would leave it after reconciling, read without
+    writing: by id, (status, database, checksum); ``to_reconcile`` says what that would change."""
+
+    rows: dict[str, tuple[str, str | None, str | None]]
+    to_reconcile: list[str]
+    #: Databases the ledger knows that are lost (missing, empty, another file), with what is wrong.
+    lost: dict[str, str] = field(default_factory=dict)
+
+
+def read_ledger(settings: Settings, states: dict[str, FileState], migrations: Sequence[Migration]) -> LedgerView | None:
+    """Read the migration ledger through a read-only connection and reconcile it in memory only: what
+    read commands (`migrate status`, `migrate verify`) report. ``None`` without a ledger file.
+
+    Nothing is written — not even on a data directory whose files were lost or truncated — so a
+    read command never rewrites the ledger's history (a writing command reconciles, under the lock).
+    """
+    history = backend_for(settings).history(readonly=True)
+    if history is None:
+        return None
+    try:
+        has_table = history.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migration_history'").fetchone()
+        rows = _ledger(history) if has_table else {}
+    except sqlite3.Error as exc:
+        raise translate_error(exc, settings.history_path, action="reading the migration ledger") from exc
+    finally:
+        history.close()
+    applied: dict[str, list[str]] = {}
+    for mid in sorted(rows):
+        status, database, _ = rows[mid]
+        if status == MigrationStatus.APPLIED and database is not None:
+            applied.setdefault(database, []).append(mid)
+    lost = lost_databases(states, applied)
+    fixes = ledger_fixes({mid: row[:2] for mid, row in rows.items()}, states, migrations, lost=lost)
+    for fix in fixes:
+        previous = rows.get(fix.migration_id, (None, None, None))
+        checksum = fix.record.checksum if fix.record else previous[2]
+        rows[fix.migration_id] = (fix.status, fix.state.name, checksum)
+    return LedgerView(rows, [fix.note(done=False) for fix in fixes], lost)

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from ..config import DATABASES, Settings
-from ..db import quick_check, quote_ident, translate_error
-from ..errors import LockTimeoutError, NotInitialisedError
+from ..db import is_wal_file, quick_check, quote_ident, translate_error
+from ..errors import NotInitialisedError
 from ..backend import backend_for
 from .discovery import Migration, MigrationContext
 from .plan import drifted, unknown_applied
 from .rebuild import foreign_keys_off
-from .state import FileState, MigrationStatus, read_states, reconcile_if_free
+from .state import FileState, MigrationStatus, read_ledger, read_states
 
 __all__ = ["Finding", "VerifyReport", "verify", "expected_schema", "live_schema", "schema_differences", "normalize_sql"]
 
@@ -36,8 +36,9 @@ class Finding:
 class VerifyReport:
     data_dir: str
     findings: list[Finding] = field(default_factory=list)
-    reconciled: list[str] = field(default_factory=list)
+    reconciled: list[str] = field(default_factory=list)     # always empty: verify never writes the ledger
     checked: list[dict] = field(default_factory=list)
+    to_reconcile: list[str] = field(default_factory=list)   # what a writing command would reconcile
 
     @property
     def ok(self) -> bool:
@@ -49,6 +50,7 @@ class VerifyReport:
             "ok": self.ok,
             "findings": [asdict(f) for f in self.findings],
             "reconciled": self.reconciled,
+            "to_reconcile": self.to_reconcile,
             "checked": self.checked,
         }
 
@@ -135,22 +137,21 @@ def _stored_source(conn: sqlite3.Connection, mid: str) -> str:
 
 
 def verify(settings: Settings, *, migrations: Sequence[Migration]) -> VerifyReport:
-    """Every consistency check the runner can make against ``migrations``; findings make `migrate verify` exit 1."""
+    """Every consistency check the runner can make against ``migrations``; findings make `migrate verify` exit 1.
+
+    Reads only (it runs on a read-only snapshot): the ledger is compared as a writing command would
+    leave it after reconciling, and what that would change is reported in ``to_reconcile``.
+    """
     if not settings.data_dir.is_dir() or not settings.history_path.exists():
         raise NotInitialisedError(f"{settings.data_dir}: not initialised", hint="run `migrate upgrade` first")
     report = VerifyReport(str(settings.data_dir))
     states: dict[str, FileState] = read_states(settings, DATABASES)
-    try:
-        report.reconciled = reconcile_if_free(settings, states, migrations, "migrate verify")
-    except LockTimeoutError:
-        pass  # another runner is working; the ledger comparison below still reports disagreement
+    view = read_ledger(settings, states, migrations)
+    assert view is not None
+    ledger, report.to_reconcile = view.rows, view.to_reconcile
     history = backend_for(settings).history(readonly=True)
     assert history is not None
     try:
-        ledger = {
-            r[0]: (r[1], r[2], r[3])
-            for r in history.execute("SELECT migration_id, status, database_name, checksum FROM migration_history")
-        }
         _file_health(report, history, "migrations", settings.history_path, fk=False)
     finally:
         history.close()
@@ -160,6 +161,10 @@ def verify(settings: Settings, *, migrations: Sequence[Migration]) -> VerifyRepo
         report.findings.append(Finding("checksum", db, mid, "applied, but its migration file is missing"))
     for name in DATABASES:
         state = states[name]
+        if name in view.lost:
+            report.findings.append(Finding("lost", name, state.path.name,
+                                           f"{view.lost[name]}; restore it with `migrate restore --database {name}`"))
+            continue
         if not state.exists:
             report.findings.append(Finding("file", name, state.path.name, "does not exist (run `migrate upgrade`)"))
             continue
@@ -224,6 +229,8 @@ def _file_health(report: VerifyReport, conn: sqlite3.Connection, name: str, path
             report.findings.append(Finding("foreign_key_check", name, f"{table} rowid {rowid}", f"references a missing row of {parent}"))
         report.checked.append({"database": name, "check": "foreign_key_check", "ok": not rows and not failed})
     mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    if str(mode).lower() != "wal" and is_wal_file(path):
+        mode = "wal"  # a read-only snapshot opened immutable reports "delete"; the file's header says WAL
     if str(mode).lower() != "wal":
         report.findings.append(Finding("journal_mode", name, path.name, f"journal mode is {mode}, expected wal"))
     report.checked.append({"database": name, "check": "journal_mode", "ok": str(mode).lower() == "wal"})
