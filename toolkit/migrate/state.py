@@ -19,7 +19,7 @@ from pathlib import Path
 from ..config import DATABASES, Settings
 from ..backend import backend_for
 from ..db import atomic, translate_error
-from ..errors import DatabaseFileError
+from ..errors import DatabaseFileError, LostDatabaseError
 from ..history import iso
 from .discovery import Migration
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import DATABASES, Settings
 from ..backend import backend_for
-from ..db import atomic, translate_error
+from ..db import atomic, nobody_writes, translate_error
 from ..errors import LockTimeoutError
 from .writer import canonical_json
 
@@ -169,12 +169,15 @@ def list_repairs(settings: Settings, *, limit: int = 20) -> list[RepairRun]:
     """Repair and undo runs, newest first (after logging any the files committed but the log lacks)."""
     if not settings.history_path.exists():
         return []
-    try:
-        with backend_for(settings).lock("integrity repair log", timeout=0):
-            reconcile_repair_log(settings)
-    except LockTimeoutError:
-        pass  # another toolkit process is working; it reconciles when it is done
-    history = backend_for(settings).history()
+    # Completing the log from the files' own journals adds what they prove and rewrites nothing; on
+    # a read-only snapshot it is skipped (the runs are shown as logged).
+    if not (nobody_writes(settings.data_dir) or nobody_writes(settings.history_path)):
+        try:
+            with backend_for(settings).lock("integrity repair log", timeout=0):
+                reconcile_repair_log(settings)
+        except LockTimeoutError:
+            pass  # another toolkit process is working; it reconciles when it is done
+    history = backend_for(settings).history(readonly=True)
     assert history is not None
     try:
         rows = history.execute(
