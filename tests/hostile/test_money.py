@@ -257,3 +257,23 @@ def test_the_session_generator_refuses_a_session_running_past_the_last_time(tmp_
     with pytest.raises(UsageError, match=f"past the ledger's last time \\({MAX_EPOCH}"):
         generate(settings, trades=10**10, tickers=2)
     assert not settings.data_dir.exists()
+
+
+def test_snapshots_and_orders_whose_amounts_overflow_are_reported_as_such(cli, data: Path) -> None:
+    conn = sqlite3.connect(data / "trading.db", isolation_level=None)
+    try:
+        snapshot = conn.execute("SELECT min(snapshot_id) FROM portfolio_snapshots").fetchone()[0]
+        fill, order = conn.execute("SELECT fill_id, order_id FROM fills ORDER BY fill_id LIMIT 1").fetchone()
+    finally:
+        conn.close()
+    _raw(data, ("UPDATE portfolio_snapshots SET cash_balance = 1e308, long_market_value = 1e308, short_market_value = 0, "
+                "total_equity = 1e300 WHERE snapshot_id = ?", (snapshot,)),
+         ("UPDATE fills SET price = 1e300, quantity = 1e300 WHERE fill_id = ?", (fill,)))
+    check = cli("integrity", "--data-dir", str(data), "check", "--format", "json", "--fail-on", "medium")
+    assert "Traceback" not in check.stderr and check.returncode == 1, check.stdout + check.stderr
+    rules = {r["id"]: r for r in json.loads(check.stdout)["rules"]}
+    assert [r for r in rules.values() if r["status"] == "error"] == []
+    snapshots = _messages(rules["snapshot_equity_mismatch"])
+    assert "cash + long - short is not a finite amount" in snapshots[json.dumps({"snapshot_id": snapshot})], snapshots
+    orders = _messages(rules["order_fill_mismatch"])
+    assert "fills VWAP Inf (not a finite amount)" in orders[json.dumps({"order_id": order})], orders
