@@ -37,17 +37,25 @@ _GUARDS = (
 )
 
 
+def _shown(value: str, infinite_if_null: str = "0") -> str:
+    """SQL: ``value`` as a message shows it, marked when it is not a finite amount (an infinity; or NULL
+    when ``infinite_if_null`` holds: SQLite turns inf / inf into NULL)."""
+    return (f"CASE WHEN abs({value}) > 1.7976931348623157e308 OR ({value} IS NULL AND {infinite_if_null}) "
+            f"THEN ifnull({value}, 'NULL') || ' (not a finite amount)' ELSE ifnull({value}, 'NULL') END")
+
+
 #: Orders whose stored fill fields disagree with ``v_order_fills`` (read like a SQL rule's rows).
 _MISMATCHES = f"""
     SELECT order_id, NULL AS fill_id, filled_quantity AS stored, fills_quantity AS computed,
            filled_quantity - fills_quantity AS difference, :tolerance AS tolerance,
            trim(
              CASE WHEN round(filled_quantity - fills_quantity, 9) <> 0
-                  THEN 'filled_quantity ' || filled_quantity || ' != fills ' || fills_quantity || '; ' ELSE '' END ||
+                  THEN 'filled_quantity ' || {_shown("filled_quantity")} || ' != fills ' || {_shown("fills_quantity")} || '; '
+                  ELSE '' END ||
              CASE WHEN (filled_avg_price IS NULL) <> (fills_avg_price IS NULL)
                     OR abs(filled_avg_price - fills_avg_price) > :tolerance
-                  THEN 'filled_avg_price ' || ifnull(filled_avg_price, 'NULL') || ' != fills VWAP '
-                       || ifnull(fills_avg_price, 'NULL') || '; ' ELSE '' END ||
+                  THEN 'filled_avg_price ' || {_shown("filled_avg_price")} || ' != fills VWAP '
+                       || {_shown("fills_avg_price", "fills_quantity > 0")} || '; ' ELSE '' END ||
              CASE WHEN round(fills_quantity - quantity, 9) > 0
                   THEN 'fills exceed the order quantity ' || quantity || '; ' ELSE '' END ||
              CASE WHEN status <> {EXPECTED_STATUS}

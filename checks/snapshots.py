@@ -31,6 +31,16 @@ def equity_differs_sql(row: str, tolerance: str) -> str:
 
 
 _EQUITY = equity_sql()
+_NO_EQUITY = "(cash_balance IS NULL OR long_market_value IS NULL OR short_market_value IS NULL)"
+_LARGEST = "1.7976931348623157e308"   # only an infinity is beyond it (SQLite has no NaN: inf - inf is NULL)
+#: Why a snapshot is reported: an amount that is not finite (an infinity, or a formula that overflowed), or
+#: the difference. (Message only: which rows are reported is equity_differs_sql, the guard's definition.)
+_REASON = f"""CASE
+    WHEN abs(total_equity) > {_LARGEST} THEN 'equity ' || total_equity || ' is not a finite amount'
+    WHEN NOT {_NO_EQUITY} AND coalesce(abs({_EQUITY}) > {_LARGEST}, 1)
+         THEN 'cash + long - short is not a finite amount (cash ' || cash_balance || ', long ' || long_market_value
+              || ', short ' || short_market_value || ')'
+    ELSE 'equity ' || total_equity || ' != cash + long - short' END"""
 
 
 @rule("snapshot_equity_mismatch", severity="MEDIUM", databases=["trading"], reads=["trading.portfolio_snapshots"],
@@ -45,7 +55,7 @@ def snapshot_equity_mismatch():
                {_EQUITY} AS computed,
                total_equity - {_EQUITY} AS difference,
                :tolerance AS tolerance,
-               'snapshot ' || snapshot_date || ': equity ' || total_equity || ' != cash + long - short' AS message
+               'snapshot ' || snapshot_date || ': ' || {_REASON} AS message
         FROM trading.portfolio_snapshots
         WHERE {equity_differs_sql("", ":tolerance")}
         ORDER BY snapshot_id

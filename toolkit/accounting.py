@@ -231,6 +231,18 @@ class Position(NamedTuple):
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (a hot path)
 
 
+def _exact_sum(values: list[float]) -> float:
+    """``math.fsum``, total: a sum beyond the float range is ±inf instead of an ``OverflowError``.
+
+    Values within the ledger's bounds (``toolkit.domain.MAX_AMOUNT``) never overflow; the callers that
+    read stored rows leave rows beyond them out, and this keeps the core from raising if one slips in.
+    """
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        return sum(values)   # overflows to ±inf
+
+
 class OutOfOrderError(ValueError):
     """A trade fed to a book before one it follows in (executed_at, trade_id) order."""
 
@@ -272,7 +284,7 @@ class TickerBook:
         return lot
 
     def open_quantity(self) -> float:
-        return math.fsum(lot.remaining for lot in self.lots)
+        return _exact_sum([lot.remaining for lot in self.lots])
 
     def shortfall_of(self, quantity: float) -> float:
         """How much of a SELL of ``quantity`` the open lots could not cover (0 when covered)."""
@@ -335,8 +347,8 @@ class TickerBook:
         """The open position (``None`` when flat)."""
         if not self.lots:
             return None
-        quantity = math.fsum(lot.remaining for lot in self.lots)
-        cost = math.fsum(lot.remaining * lot.price for lot in self.lots)
+        quantity = _exact_sum([lot.remaining for lot in self.lots])
+        cost = _exact_sum([lot.remaining * lot.price for lot in self.lots])
         return Position(self.ticker, quantity, cost / quantity, self.lots[0].executed_at, len(self.lots))
 
 

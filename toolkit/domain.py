@@ -1,9 +1,11 @@
-"""What a single value of the ledger may be: a plausible ticker, a finite positive price, a run id;
-and the row invariants that protect it (:class:`Guard`), the ledger's own among them.
+"""What a single value of the ledger may be: a plausible ticker, a finite positive price within the
+ledger's bounds (:data:`MAX_AMOUNT`, :data:`MAX_EPOCH`), a run id; and the row invariants that
+protect it (:class:`Guard`), the ledger's own among them.
 
 One definition shared by the trade writer (refuses), the guarded connection (refuses: the ledger's
-own row guards, :data:`LEDGER_GUARDS`, and that ledger rows are never deleted, :data:`NO_DELETE`)
-and the ``trade_row_invalid`` rule (detects).
+own row guards, :data:`LEDGER_GUARDS`, and that ledger rows are never deleted, :data:`NO_DELETE`),
+the session fixtures (refuse), the ``trade_row_invalid``, ``bankroll_mismatch`` and ledger-scan rules
+(detect) and the repairs (never write an amount outside the bounds).
 
 Guards are values. The rule that detects a breach declares the guard that prevents it (its
 ``rule_id``), and whoever opens a guarded connection chooses which to install: the trade writer only
@@ -30,6 +32,13 @@ __all__ = [
     "is_plausible_ticker",
     "trade_problems",
     "is_finite_number",
+    "MAX_AMOUNT",
+    "MAX_EPOCH",
+    "is_amount",
+    "amount_problem",
+    "epoch_problem",
+    "BOUNDS",
+    "amount_problem_sql",
     "average_reward",
     "state_key_problem",
     "parse_state_key",
@@ -92,7 +101,65 @@ LEDGER_GUARDS: tuple[Guard, ...] = (OPENING_LEG_GUARD, RUN_ID_GUARD, TICKER_GUAR
 
 
 def is_finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """An int (not a bool) or a finite float. (An int of any size: ``math.isfinite`` would overflow on it.)"""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+# -- the bounds ----------------------------------------------------------------------------------
+# Every amount the ledger holds — a price, a quantity, a commission, a trade's notional (quantity ×
+# price), a starting capital, an adjustment, a cash balance — lies within ±MAX_AMOUNT, and every time
+# within 0..MAX_EPOCH. Why 1e12: a double carries 53 bits (about 15.9 significant digits), so below
+# 1e12 adjacent floats are at most 2**-13 (0.000122) apart — a cent is held to about 1/80 of a cent,
+# well inside the money tolerance (0.01) with room for the rounding of many additions to a running
+# cash balance (at 1e15 floats are 0.125 apart: cents are lost). And with every factor at most
+# 1e12, a product is at most 1e24 and a sum of any number of them stays far below the float range
+# (1.8e308): the accounting's arithmetic can never overflow on values inside the bounds. A trillion
+# dollars, or shares, is beyond any paper-trading session; a value beyond it is a unit mistake
+# (milliseconds for seconds, cents scaled twice) or an attack.
+
+#: The largest absolute amount of money or quantity the ledger accepts (see the comment above).
+MAX_AMOUNT = 1e12
+#: The last second the ledger accepts: 9999-12-31 23:59:59 UTC, the last one SQLite's date functions
+#: show (the ``v_trades`` view), far inside SQLite's 64-bit integers. Times start at 0 (1970).
+MAX_EPOCH = 253_402_300_799
+_LARGEST_FLOAT = 1.7976931348623157e308   # sys.float_info.max: only an infinity is larger
+#: The bounds, said once for messages (the next step after a refused value).
+BOUNDS = (f"pass finite amounts within ±{MAX_AMOUNT:g} and times as epoch seconds in 0..{MAX_EPOCH} "
+          "(toolkit.domain.MAX_AMOUNT, MAX_EPOCH)")
+
+
+def is_amount(value: object) -> bool:
+    """A finite number (not a bool) within ±:data:`MAX_AMOUNT`: what any amount of the ledger may be."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and -MAX_AMOUNT <= value <= MAX_AMOUNT)   # NaN compares False; ±inf are beyond the bound
+
+
+def amount_problem(name: str, value: object) -> str | None:
+    """Why ``value`` is not an amount the ledger may hold (``None`` when it is), naming it as ``name``."""
+    if is_amount(value):
+        return None
+    if not is_finite_number(value):
+        return f"{name} {value!r} is not a finite amount"
+    return f"{name} {value!r} is beyond the ledger's bound of ±{MAX_AMOUNT:g}"
+
+
+def amount_problem_sql(expression: str, name: str) -> str:
+    """:func:`amount_problem` in SQL, for a number: the ``WHEN … THEN message`` arm of a ``CASE`` that
+    names ``expression`` (as ``name``) when it is beyond ±:data:`MAX_AMOUNT`. SQLite stores no NaN;
+    an infinity (or a product that overflowed to one) is "not a finite amount"."""
+    return (f"WHEN abs({expression}) > {MAX_AMOUNT!r} THEN '{name} ' || quote({expression}) || "
+            f"CASE WHEN abs({expression}) > {_LARGEST_FLOAT!r} THEN ' is not a finite amount' "
+            f"ELSE ' is beyond the ledger''s bound of ±{MAX_AMOUNT:g}' END")
+
+
+def epoch_problem(name: str, value: object) -> str | None:
+    """Why ``value`` is not a time the ledger may hold: an epoch integer in 0..:data:`MAX_EPOCH`."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_EPOCH:
+        return None
+    return (f"{name} must be a Unix epoch integer in 0..{MAX_EPOCH} (seconds, up to the year 9999), "
+            f"got {value!r}")
 
 
 def trade_problems(
@@ -104,24 +171,43 @@ def trade_problems(
     executed_at: object,
     run_id: object,
 ) -> list[str]:
-    """Why a trade's executed facts are not acceptable (empty when they are)."""
+    """Why a trade's executed facts are not acceptable (empty when they are).
+
+    Quantity, price, commission and the notional (quantity × price) are amounts within ±:data:`MAX_AMOUNT`;
+    ``executed_at`` an epoch integer in 0..:data:`MAX_EPOCH`.
+    """
     problems = []
     if not is_plausible_ticker(ticker):
         problems.append(f"ticker {ticker!r} is not a plausible symbol (expected e.g. AAPL, BRK.B)")
     if action not in ("BUY", "SELL"):
         problems.append(f"action must be BUY or SELL, got {action!r}")
+    quantity_ok = price_ok = False
     if not is_finite_number(quantity) or quantity <= 0:
         problems.append(f"quantity must be a finite number > 0, got {quantity!r}")
+    elif quantity > MAX_AMOUNT:
+        problems.append(f"quantity {quantity!r} is beyond the ledger's bound of {MAX_AMOUNT:g}")
     elif same_quantity(quantity, 0.0):
         # Quantities are kept to 1e-9 (SPEC §3): such a lot could never be matched, and a SELL of it
         # would be recorded without any lot match.
         problems.append(f"quantity {quantity!r} is 0 at the ledger's 1e-9 quantity precision")
+    else:
+        quantity_ok = True
     if not is_finite_number(price) or price <= 0:
         problems.append(f"price must be a finite number > 0, got {price!r}")
+    elif price > MAX_AMOUNT:
+        problems.append(f"price {price!r} is beyond the ledger's bound of {MAX_AMOUNT:g}")
+    else:
+        price_ok = True
+    if quantity_ok and price_ok and quantity * price > MAX_AMOUNT:  # type: ignore[operator]
+        problems.append(f"notional {quantity!r} × {price!r} = {quantity * price!r} "  # type: ignore[operator]
+                        f"is beyond the ledger's bound of {MAX_AMOUNT:g}")
     if not is_finite_number(commission) or commission < 0:
         problems.append(f"commission must be a finite number >= 0, got {commission!r}")
-    if not isinstance(executed_at, int) or isinstance(executed_at, bool) or executed_at < 0:
-        problems.append(f"executed_at must be a Unix epoch integer, got {executed_at!r}")
+    elif commission > MAX_AMOUNT:
+        problems.append(f"commission {commission!r} is beyond the ledger's bound of {MAX_AMOUNT:g}")
+    problem = epoch_problem("executed_at", executed_at)
+    if problem is not None:
+        problems.append(problem)
     if not isinstance(run_id, str) or not run_id.strip():
         problems.append(f"run_id must name the session that produced the trade, got {run_id!r}")
     return problems

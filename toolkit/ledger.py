@@ -4,7 +4,7 @@ Writing a trade::
 
     BEGIN IMMEDIATE  (db.atomic)          (trading.db and positions.db; waits for other writers)
       replay the ticker's executed trades through toolkit.accounting (never trusting stored links)
-      refuse an oversell, a backdated trade, a bad value
+      refuse an oversell, a backdated trade, a bad value, a cash balance beyond the ledger's bound
       INSERT the trade, its lot_matches; UPDATE the lots it closed; UPDATE the account's cash
     COMMIT                                <- trading.db: the ledger is the truth
     BEGIN IMMEDIATE
@@ -20,7 +20,6 @@ projection already includes it.
 """
 from __future__ import annotations
 
-import math
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -47,7 +46,7 @@ from .accounting import (
 )
 from .config import Settings, load_settings
 from .db import atomic, translate_error
-from .domain import trade_problems
+from .domain import BOUNDS, MAX_AMOUNT, amount_problem, epoch_problem, is_amount, is_finite_number, trade_problems
 from .errors import LedgerError, NotInitialisedError, OversellError
 
 __all__ = [
@@ -176,6 +175,24 @@ ON CONFLICT (ticker, side) DO UPDATE SET
 """
 
 
+def _moment(at: object) -> int:
+    """The time of an account write: now, or ``at`` if it is an epoch the ledger accepts."""
+    problem = None if at is None else epoch_problem("at", at)
+    if problem is not None:
+        raise LedgerError(problem, hint=BOUNDS)
+    return int(time.time()) if at is None else at  # type: ignore[return-value]
+
+
+#: The first trade of a ticker the accounting cannot replay: not a BUY/SELL with a quantity and a price
+#: in (0, MAX_AMOUNT] and an integer time (the rows the ledger scan leaves out of the FIFO).
+_UNREPLAYABLE = """
+SELECT trade_id, quantity, price, executed_at FROM trading.trades
+WHERE ticker = ? AND NOT (action IN ('BUY', 'SELL')
+      AND typeof(quantity) IN ('real', 'integer') AND quantity > 0 AND quantity <= ?
+      AND typeof(price) IN ('real', 'integer') AND price > 0 AND price <= ? AND typeof(executed_at) = 'integer')
+ORDER BY executed_at, trade_id LIMIT 1
+"""
+
 
 def _writes(method):
     """Run a TradeStore write as the trade writer: the guarded connection lets it write the ledger."""
@@ -243,9 +260,11 @@ class TradeStore:
     @_writes
     def open_account(self, starting_capital: float, *, at: int | None = None, currency: str = "USD") -> float:
         """Create the account with its starting capital (idempotent for the same capital)."""
-        if not (isinstance(starting_capital, (int, float)) and math.isfinite(starting_capital) and starting_capital >= 0):
-            raise LedgerError(f"starting capital must be a finite number >= 0, got {starting_capital!r}")
-        now = int(at if at is not None else time.time())
+        if not is_finite_number(starting_capital) or starting_capital < 0:
+            raise LedgerError(f"starting capital must be a finite number >= 0, got {starting_capital!r}", hint=BOUNDS)
+        if starting_capital > MAX_AMOUNT:
+            raise LedgerError(f"starting capital {starting_capital!r} is beyond the ledger's bound of {MAX_AMOUNT:g}", hint=BOUNDS)
+        now = _moment(at)
         with self._transaction("opening the account"):
             row = self._conn.execute("SELECT starting_capital, cash_balance FROM trading.account WHERE account_id = 1").fetchone()
             if row is None:
@@ -261,24 +280,38 @@ class TradeStore:
     @_writes
     def adjust_cash(self, amount: float, reason: str, *, at: int | None = None) -> float:
         """Record a deposit (+), withdrawal (−) or labelled correction; returns the new cash balance."""
-        if not (isinstance(amount, (int, float)) and math.isfinite(amount) and amount != 0):
-            raise LedgerError(f"an adjustment must be a finite, non-zero amount, got {amount!r}")
+        if not is_finite_number(amount) or amount == 0:
+            raise LedgerError(f"an adjustment must be a finite, non-zero amount, got {amount!r}", hint=BOUNDS)
+        if not is_amount(amount):
+            raise LedgerError(f"an adjustment of {amount!r} is beyond the ledger's bound of ±{MAX_AMOUNT:g}", hint=BOUNDS)
         if not isinstance(reason, str) or not reason.strip():
             raise LedgerError("an adjustment needs a reason (deposit, withdrawal, correction: ...)")
-        now = int(at if at is not None else time.time())
+        now = _moment(at)
         with self._transaction("adjusting cash"):
+            cash = self._cash_after(amount, f"an adjustment of {amount!r}")
             self._conn.execute("INSERT INTO trading.account_adjustments (amount, reason, created_at) VALUES (?, ?, ?)",
                                (amount, reason.strip(), now))
-            cash = self._apply_cash(amount, now)
+            self._set_cash(cash, now)
         return cash
 
-    def _apply_cash(self, delta: float, now: int) -> float:
-        row = self._conn.execute(
-            "UPDATE trading.account SET cash_balance = cash_balance + ?, updated_at = MAX(updated_at, ?) "
-            "WHERE account_id = 1 RETURNING cash_balance", (delta, now)).fetchone()
+    def _cash_after(self, delta: float, what: str) -> float:
+        """The account's cash balance after ``delta``; refused unless both it and the stored one are amounts."""
+        row = self._conn.execute("SELECT cash_balance FROM trading.account WHERE account_id = 1").fetchone()
         if row is None:
             raise LedgerError("the ledger has no account yet", hint="call open_account(starting_capital) first")
-        return float(row[0])
+        problem = amount_problem("the account's cash_balance", row[0])
+        if problem is not None:
+            raise LedgerError(f"{what} refused: {problem}",
+                              hint="run `integrity check` (bankroll_mismatch); `integrity repair` recomputes it from the ledger")
+        cash = row[0] + delta
+        if not is_amount(cash):
+            raise LedgerError(f"{what} refused: the cash balance would become {cash!r}, beyond the ledger's bound of "
+                              f"±{MAX_AMOUNT:g}", hint="deposit or withdraw cash first, or trade a smaller amount")
+        return float(cash)
+
+    def _set_cash(self, cash: float, now: int) -> None:
+        self._conn.execute("UPDATE trading.account SET cash_balance = ?, updated_at = MAX(updated_at, ?) "
+                           "WHERE account_id = 1", (cash, now))
 
     # -- writing trades ----------------------------------------------------------------------------
 
@@ -304,17 +337,20 @@ class TradeStore:
         """Record one execution; a SELL closes lots FIFO and returns its realized P&L.
 
         Refuses (``LedgerError``, nothing written) a SELL beyond the open quantity, a trade earlier
-        than the ticker's last one, and values outside their domain.
+        than the ticker's last one, values outside their domain (``toolkit.domain``: amounts, notional
+        and the resulting cash balance within its bound, the time an epoch integer), and a ticker
+        whose stored trades hold a value the accounting cannot replay.
         """
         action = action.upper() if isinstance(action, str) else action
         when = int(time.time()) if executed_at is None else executed_at
-        if isinstance(quantity, int) and not isinstance(quantity, bool):
+        if isinstance(quantity, int) and is_amount(quantity):   # not a bool; float() of a huge int overflows
             quantity = float(quantity)
-        if isinstance(price, int) and not isinstance(price, bool):
+        if isinstance(price, int) and is_amount(price):
             price = float(price)
         problems = trade_problems(ticker, action, quantity, price, commission, when, run_id)
-        if problems:
-            raise LedgerError(f"trade refused: {'; '.join(problems)}")
+        if problems:   # a value's problem says what the bounds are (not needed for a ticker, action or run id)
+            values = any(not p.startswith(("ticker ", "action ", "run_id ")) for p in problems)
+            raise LedgerError(f"trade refused: {'; '.join(problems)}", hint=BOUNDS if values else None)
         with self._transaction(f"recording a {action} of {ticker}"):
             last = self._conn.execute(
                 "SELECT executed_at FROM trading.trades WHERE ticker = ? ORDER BY executed_at DESC, trade_id DESC LIMIT 1",
@@ -323,6 +359,13 @@ class TradeStore:
                 raise LedgerError(
                     f"{action} of {ticker} at {when} refused: earlier than the ticker's last trade at {last[0]}",
                     hint="the ledger is append-only in time; record trades in the order they executed")
+            unreplayable = self._conn.execute(_UNREPLAYABLE, (ticker, MAX_AMOUNT, MAX_AMOUNT)).fetchone()
+            if unreplayable is not None:
+                trade, q, p, t = unreplayable
+                raise LedgerError(
+                    f"{action} of {ticker} refused: the ledger's trade {trade} of {ticker} (quantity {q!r}, price {p!r}, "
+                    f"executed_at {t!r}) is outside its domain, so the ticker's lots cannot be replayed",
+                    hint="run `integrity check` (trade_row_invalid names the row) and correct that row first")
             book = self._book(ticker)
             trade_id = self._conn.execute("SELECT COALESCE(MAX(trade_id), 0) + 1 FROM trading.trades").fetchone()[0]
             if action == "SELL":
@@ -332,8 +375,9 @@ class TradeStore:
                 outcome: Close | Lot = book.sell(trade_id, quantity, price, when)
             else:
                 outcome = book.buy(trade_id, quantity, price, when)
+            cash = self._cash_after(cash_effect(action, quantity, price, commission), f"{action} of {quantity!r} {ticker}")
             self._insert_trade(trade_id, ticker, action, quantity, price, commission, when, run_id, order_id, strategy, outcome)
-            cash = self._apply_cash(cash_effect(action, quantity, price, commission), when)
+            self._set_cash(cash, when)
         closed = outcome.closed_lots if isinstance(outcome, Close) else ()
         self._project(book, trade_id, price, when, strategy, closed)
         return TradeResult(

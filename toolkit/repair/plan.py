@@ -321,12 +321,16 @@ def _plan_rule(ctx: CheckContext, rule: Rule, store: ChangeStore, violations: It
 
 
 def _not_finite(values: dict[str, Any] | None) -> str | None:
-    """The first column whose new value is a non-finite number (NaN, ±inf), as ``column=value``."""
+    """The first column whose new value is a non-finite number (NaN, ±inf) or a float beyond the
+    ledger's bound on amounts (``toolkit.domain.MAX_AMOUNT``, ``is_amount``), as ``column=value``."""
     import math
 
+    from ..domain import MAX_AMOUNT, is_amount
+
     for column, value in (values or {}).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"{column}={value!r}"
+        if isinstance(value, float) and not is_amount(value):
+            beyond = "" if not math.isfinite(value) else f" (beyond the ledger's bound of ±{MAX_AMOUNT:g}, so it counts as)"
+            return f"{column}={value!r}{beyond}"
     return None
 
 
