@@ -38,7 +38,7 @@ def _fmt(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}" if abs(value) < 1e6 else f"{value:,.2f}"
+        return f"{value:.6g}" if abs(value) < 1e6 or not abs(value) < 1e15 else f"{value:,.2f}"
     return printable(value, 60)
 
 

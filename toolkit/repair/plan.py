@@ -297,8 +297,8 @@ def _plan_rule(ctx: CheckContext, rule: Rule, store: ChangeStore, violations: It
         if bad is not None:
             # Never write a non-finite amount: the row the value was computed from holds one.
             untouched = Untouched(rule.id, item.repairs or item.key,
-                                  f"{item.database}.{item.table} {item.key}: the computed {bad} is not a finite number "
-                                  "(a row it is computed from holds one); fix that row by hand")
+                                  f"{item.database}.{item.table} {item.key}: the computed {bad}; a row it is computed "
+                                  "from holds such an amount: fix that row by hand")
             plan.untouched += 1
             store.add_untouched(rule.id, untouched.key)
             if len(plan.untouched_samples) < sample:
@@ -329,8 +329,8 @@ def _not_finite(values: dict[str, Any] | None) -> str | None:
 
     for column, value in (values or {}).items():
         if isinstance(value, float) and not is_amount(value):
-            beyond = "" if not math.isfinite(value) else f" (beyond the ledger's bound of ±{MAX_AMOUNT:g}, so it counts as)"
-            return f"{column}={value!r}{beyond}"
+            why = "is not a finite number" if not math.isfinite(value) else f"is beyond the ledger's bound of ±{MAX_AMOUNT:g}"
+            return f"{column}={value!r} {why}"
     return None
 
 
