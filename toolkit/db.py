@@ -20,6 +20,7 @@ from pathlib import Path
 from .errors import DatabaseBusyError, DatabaseFileError, ToolkitError
 
 __all__ = [
+    "PRAGMA_READS_WITH_ARGUMENT",
     "atomic",
     "connect",
     "open_databases",
@@ -38,6 +39,13 @@ __all__ = [
     "user_tables",
     "quote_ident",
 ]
+
+#: PRAGMAs that take an argument but only read (the authorizer shows it as a value).
+PRAGMA_READS_WITH_ARGUMENT = frozenset({
+    "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list",
+    "foreign_key_check", "integrity_check", "quick_check", "table_list", "pragma_list", "function_list",
+    "module_list", "collation_list", "database_list", "compile_options",
+})
 
 RESTORE_HINT = "restore a backup with `migrate restore`, or move the file aside"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from ..db import PRAGMA_READS_WITH_ARGUMENT
 from ..domain import NO_DELETE
 
 __all__ = [
@@ -56,12 +57,7 @@ SESSION_FORBIDDEN_PRAGMAS = frozenset({
     "temp_store_directory", "data_store_directory", "max_page_count", "journal_size_limit", "synchronous",
 })
 
-#: PRAGMAs that take an argument but only read (the authorizer shows it as a value).
-PRAGMA_READS_WITH_ARGUMENT = frozenset({
-    "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list",
-    "foreign_key_check", "integrity_check", "quick_check", "table_list", "pragma_list", "function_list",
-    "module_list", "collation_list", "database_list", "compile_options",
-})
+
 
 _DDL = {
     sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_TRIGGER, sqlite3.SQLITE_CREATE_VIEW,

@@ -28,9 +28,8 @@ from types import ModuleType
 from typing import Any
 
 from ..config import DATABASES
-from ..db import atomic, split_statements, table_hashes
+from ..db import PRAGMA_READS_WITH_ARGUMENT, atomic, split_statements, table_hashes
 from ..errors import MigrationDefinitionError, ToolkitError
-from ..guard.policy import PRAGMA_READS_WITH_ARGUMENT
 
 __all__ = ["Migration", "MigrationContext", "discover", "FORBIDDEN_IN_MIGRATIONS", "MIGRATION_PRAGMA_WRITES",
            "RefusedStatement", "TransactionEscaped", "MigrationInterrupted", "TransactionWatch", "refusal"]
