@@ -83,7 +83,7 @@ HOSTILE_SYMBOLS: tuple[str, ...] = (
     "A'", "'", "A'B", 'A"', '"', "A`B", "A;B", ";", "A\\B", "\\",
     "AAPL'; DROP TABLE trades; --", "x' OR '1'='1", "1; SELECT 1", 'A" OR ""="',
     "A" * (MAX_SYMBOL_LENGTH + 1), "a" * (MAX_SYMBOL_LENGTH + 1), "1" * (MAX_SYMBOL_LENGTH + 1),
-    "A." * 16 + "A", "a-" * 16 + "a", "0x" + "f" * (MAX_SYMBOL_LENGTH - 1), "A" * 1000,
+    "A." * 16 + "A", "a-" * 16 + "a", "0x" + "f" * (MAX_SYMBOL_LENGTH - 1), "A" * 65,
 )
 
 
