@@ -29,7 +29,7 @@ from toolkit.accounting import (
     same_quantity,
 )
 from toolkit.domain import MAX_AMOUNT, MAX_EPOCH, OPENING_LEG_GUARD, RUN_ID_GUARD, TICKER_GUARD
-from toolkit.domain import amount_problem_sql, is_plausible_ticker
+from toolkit.domain import amount_problem_sql, symbol_checker
 from toolkit.repair.model import Change, Untouched, changed_columns, update_row
 from toolkit.rules.model import CheckContext, Rule, Scan, Violation, rule
 
@@ -458,13 +458,13 @@ _BEYOND_BOUNDS = (f"""
 def _trade_row_invalid(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
     """Trades with no run id, an implausible ticker, or executed values outside their domain."""
     conn = ctx.conn
-    # Tickers are few: check each distinct one in Python (the one definition of a plausible symbol).
-    bad_tickers = [t for (t,) in conn.execute(DISTINCT_TICKERS) if not is_plausible_ticker(t)]
+    symbols = symbol_checker(ctx.settings)   # tickers are few: check each distinct one (the configured grammar)
+    bad_tickers = [(t, symbols.problem(t)) for (t,) in conn.execute(DISTINCT_TICKERS) if not symbols.accepts(t)]
     reported: set[int] = set()
-    for ticker in bad_tickers:
+    for ticker, why in bad_tickers:
         for (trade_id,) in conn.execute("SELECT trade_id FROM trading.trades WHERE ticker = ? ORDER BY trade_id", (ticker,)):
             reported.add(trade_id)
-            yield Violation(rule_.id, {"trade_id": trade_id}, f"ticker {ticker!r} is not a plausible symbol")
+            yield Violation(rule_.id, {"trade_id": trade_id}, f"ticker {ticker!r} is not a plausible symbol: {why}")
     rows = conn.execute(
         f"""
         SELECT trade_id,

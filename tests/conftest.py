@@ -42,6 +42,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     full_env = dict(os.environ)
     full_env.pop("TOOLKIT_DATA_DIR", None)
     full_env.pop("DB_PATH_PREFIX", None)
+    full_env.pop("TOOLKIT_SYMBOL_PATTERN", None)
     if env:
         full_env.update(env)
     return subprocess.run(

@@ -286,11 +286,12 @@ def test_account_adjustments_are_never_rewritten(bot) -> None:
     (*_trade_values(run_id=None), "trade_row_invalid: a trade needs the run_id"),
     (*_trade_values(run_id="   "), "trade_row_invalid: a trade needs the run_id"),
     (*_trade_values(ticker="AAPL'; DROP TABLE trades; --"), "trade_row_invalid: the ticker is not a plausible symbol"),
-    (*_trade_values(ticker="ATTACK1"), "trade_row_invalid: the ticker is not a plausible symbol"),
-    (*_trade_values(ticker="aapl"), "trade_row_invalid: the ticker is not a plausible symbol"),
+    # ATTACK1 and aapl are symbols of the default grammar (toolkit.symbols); these are not
+    (*_trade_values(ticker="ATTACK 1"), "trade_row_invalid: the ticker is not a plausible symbol"),
+    (*_trade_values(ticker="AAPL\n"), "trade_row_invalid: the ticker is not a plausible symbol"),
     ("UPDATE trading.trades SET realized_pnl = 12.5 WHERE trade_id = "
      "(SELECT min(trade_id) FROM trading.trades WHERE action = 'BUY')", (), "opening_leg_with_pnl"),
-], ids=["opening-leg-pnl", "null-run-id", "blank-run-id", "injection-ticker", "attack-ticker", "lowercase-ticker",
+], ids=["opening-leg-pnl", "null-run-id", "blank-run-id", "injection-ticker", "attack-ticker", "newline-ticker",
         "pnl-on-existing-buy"])
 def test_row_guards_hold_even_for_trusted_writers(bot, sql: str, params: tuple, reason: str) -> None:
     with bot.trusted("a buggy writer"):

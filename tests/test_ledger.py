@@ -192,9 +192,12 @@ REFUSALS = [
     # (name, arguments of record(), message fragment)
     ("backdated BUY", ("AAPL", "BUY", 1.0, 100.0, dict(executed_at=T0 + 9)), "earlier than the ticker's last trade"),
     ("backdated SELL", ("AAPL", "SELL", 1.0, 100.0, dict(executed_at=T0 + 9)), "earlier than the ticker's last trade"),
-    ("attack ticker", ("ATTACK1", "BUY", 1.0, 100.0, {}), "ticker 'ATTACK1' is not a plausible symbol"),
+    # ATTACK1 and aapl are symbols of the default grammar (toolkit.symbols): letters and digits, case significant
+    ("attack ticker", ("ATTACK 1", "BUY", 1.0, 100.0, {}), "ticker 'ATTACK 1' is not a plausible symbol: contains whitespace"),
     ("injection ticker", ("AAPL'; DROP TABLE trades;--", "BUY", 1.0, 100.0, {}), "is not a plausible symbol"),
-    ("lower-case ticker", ("aapl", "BUY", 1.0, 100.0, {}), "is not a plausible symbol"),
+    ("punctuated ticker", ("AAPL!", "BUY", 1.0, 100.0, {}), "ticker 'AAPL!' is not a plausible symbol: does not match "
+                                                            "symbol-pattern default"),
+    ("long ticker", ("A" * 33, "BUY", 1.0, 100.0, {}), "is not a plausible symbol: longer than 32 characters"),
     ("newline ticker", ("AAPL\n", "BUY", 1.0, 100.0, {}), "ticker 'AAPL\\n' is not a plausible symbol"),
     ("padded ticker", (" AAPL", "BUY", 1.0, 100.0, {}), "is not a plausible symbol"),
     ("non-string ticker", (None, "BUY", 1.0, 100.0, {}), "ticker None is not a plausible symbol"),

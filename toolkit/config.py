@@ -22,6 +22,7 @@ ALL_FILES: tuple[str, ...] = DATABASES + (HISTORY,)
 
 _ENV_DATA_DIR = "TOOLKIT_DATA_DIR"
 _ENV_PREFIX = "DB_PATH_PREFIX"
+_ENV_SYMBOLS = "TOOLKIT_SYMBOL_PATTERN"
 
 _DEFAULTS: dict[str, Any] = {
     "data-dir": "./data",
@@ -31,6 +32,11 @@ _DEFAULTS: dict[str, Any] = {
     "migrations-dir": None,
     "checks-dir": None,
     "tolerance": 0.01,
+    # The instrument grammar (toolkit.symbols): a preset — default, equity, crypto, fx, futures, any —
+    # or a custom regular expression. "default" accepts AAPL, BRK.B, BTCUSDT, BTC-USD, BTC/USDT,
+    # EUR/USD, ES=F, 7203.T, 0x1a2b3c hex ids and lower-case slugs (will-x-happen-2026), 1 to 32
+    # characters, case significant (brk.b is a symbol of its own).
+    "symbol-pattern": "default",
 }
 
 
@@ -48,6 +54,8 @@ class Settings:
     checks_dirs: tuple[Path, ...] = ()
     tolerance: float = 0.01
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: A preset name or a custom regular expression, validated at load (``toolkit.symbols``).
+    symbol_pattern: str = "default"
 
     def path(self, name: str) -> Path:
         """The file of a logical database name, e.g. ``trading`` -> ``data/trading.db``."""
@@ -150,6 +158,23 @@ def _rule_options(value: Any, source: str) -> dict[str, dict[str, Any]]:
     return options
 
 
+def _symbol_pattern(value: Any, source: str) -> str:
+    """A preset name or a regular expression that accepts none of the hostile strings, or a UsageError."""
+    from .symbols import PRESETS, SymbolPatternError, compile_symbol_pattern
+
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"symbol-pattern must be a preset ({', '.join(PRESETS)}) or a regular expression, "
+                         f"got {value!r} (from {source})")
+    try:
+        compile_symbol_pattern(value)
+    except SymbolPatternError as exc:
+        why = " ".join(str(exc).split())   # one line, whatever the regular expression engine said
+        raise UsageError(f"symbol-pattern {why} (from {source})",
+                         hint=f"name a preset ({', '.join(PRESETS)}) or bound the expression "
+                              "(at most 32 characters, no whitespace, quotes, ';' or backslash)") from None
+    return value
+
+
 def load_settings(
     data_dir: str | os.PathLike[str] | None = None,
     *,
@@ -203,6 +228,12 @@ def load_settings(
         return tuple(p if p.is_absolute() else base / p for p in (Path(i) for i in _paths(key, value, source)))
 
     rule_options = _rule_options(project.get("rules", {}), "pyproject.toml")
+    if overrides.get("symbol_pattern") is not None:
+        symbols, symbols_src = overrides["symbol_pattern"], "option"
+    elif env.get(_ENV_SYMBOLS):
+        symbols, symbols_src = env[_ENV_SYMBOLS], f"${_ENV_SYMBOLS}"
+    else:
+        symbols, symbols_src = pick("symbol-pattern")
     keep_n = _number("backup-retention", keep, int, keep_src)
     return Settings(
         data_dir=directory,
@@ -215,4 +246,5 @@ def load_settings(
         checks_dirs=dirs("checks-dir"),
         tolerance=_number("tolerance", tol, float, tol_src),
         rule_options=rule_options,
+        symbol_pattern=_symbol_pattern(symbols, symbols_src),
     )

@@ -14,12 +14,12 @@ the ledger's, the adversarial harness and the pytest fixture the whole catalogue
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .accounting import same_quantity
+from .symbols import DEFAULT_SYMBOL_PATTERN, SymbolGrammar, compile_symbol_pattern, grammar
 
 __all__ = [
     "Guard",
@@ -30,6 +30,8 @@ __all__ = [
     "TICKER_GUARD",
     "TICKER_PATTERN",
     "is_plausible_ticker",
+    "is_plausible_symbol",
+    "symbol_checker",
     "trade_problems",
     "is_finite_number",
     "MAX_AMOUNT",
@@ -48,14 +50,26 @@ __all__ = [
 #: A Q-table state key longer than this is refused before it is even parsed.
 MAX_STATE_KEY_LENGTH = 512
 
-#: US-listed symbols and share classes: ``AAPL``, ``BRK.B``, ``BF-B``.
-TICKER_PATTERN = r"^[A-Z]{1,5}(?:[.-][A-Z]{1,2})?$"
-_TICKER = re.compile(TICKER_PATTERN)
+#: The default instrument grammar (``toolkit.symbols``: the ``symbol-pattern`` setting, its presets and
+#: the floor every grammar shares): ``AAPL``, ``BRK.B``, ``BTCUSDT``, ``BTC-USD``, ``EUR/USD``, ``ES=F``,
+#: ``7203.T``, ``0x1a2b3c``, ``will-x-happen-2026``; 1 to 32 characters, case significant.
+TICKER_PATTERN = DEFAULT_SYMBOL_PATTERN
 
 
 def is_plausible_ticker(value: object) -> bool:
-    # fullmatch: with match(), "$" also matches before a trailing newline, so "AAPL\n" passed
-    return isinstance(value, str) and _TICKER.fullmatch(value) is not None
+    """A symbol of the default grammar (``symbol-pattern = "default"``)."""
+    return grammar().accepts(value)
+
+
+def is_plausible_symbol(value: object, pattern: str = "default") -> bool:
+    """A symbol of ``pattern``: a preset name or a custom regular expression (validated as at load)."""
+    return compile_symbol_pattern(pattern).accepts(value)
+
+
+def symbol_checker(settings: object = None) -> SymbolGrammar:
+    """The grammar configured in ``settings`` (``symbol_pattern``), the default one without settings:
+    ``.accepts(value)``, ``.problem(value)`` (why not, or ``None``)."""
+    return grammar(settings)
 
 
 #: Ledger rows are never deleted, not even by trusted code (the writer, repairs).
@@ -68,7 +82,8 @@ class Guard:
 
     ``when`` may use ``{tolerance}`` (the tolerance configured for ``rule_id``, else
     ``default_tolerance``, else the global one) and the SQL functions in ``functions`` (name ->
-    Python callable, registered on the guarded connection).
+    Python callable, registered on the guarded connection) and in ``configured(settings)`` (the same,
+    built from the connection's settings: the configured symbol grammar).
     """
 
     table: str                       # "trading.portfolio_snapshots"
@@ -79,6 +94,11 @@ class Guard:
     #: The rule that reports a breach of this invariant (names the trigger, the message, the tolerance).
     rule_id: str = ""
     default_tolerance: float | None = None
+    configured: Callable[[Any], Mapping[str, Callable[..., Any]]] | None = field(default=None, hash=False, compare=False)
+
+    def functions_for(self, settings: object) -> Mapping[str, Callable[..., Any]]:
+        """The SQL functions to register on a connection opened with ``settings``."""
+        return {**self.functions, **(self.configured(settings) if self.configured is not None else {})}
 
     @property
     def database(self) -> str:
@@ -92,10 +112,12 @@ OPENING_LEG_GUARD = Guard("trading.trades", ("INSERT", "UPDATE OF realized_pnl, 
 #: Every trade names the session that produced it (``trade_row_invalid``).
 RUN_ID_GUARD = Guard("trading.trades", ("INSERT",), "NEW.run_id IS NULL OR trim(NEW.run_id) = ''",
                      "a trade needs the run_id of the session that produced it", rule_id="trade_row_invalid")
-#: Every trade's ticker is a plausible symbol (``trade_row_invalid``).
+#: Every trade's ticker is a symbol of the configured grammar (``trade_row_invalid``): the SQL function
+#: is built per connection from its settings' ``symbol_pattern``.
 TICKER_GUARD = Guard("trading.trades", ("INSERT",), "NOT toolkit_plausible_ticker(NEW.ticker)",
                      "the ticker is not a plausible symbol", {"toolkit_plausible_ticker": is_plausible_ticker},
-                     rule_id="trade_row_invalid")
+                     rule_id="trade_row_invalid",
+                     configured=lambda settings: {"toolkit_plausible_ticker": grammar(settings).sql_function()})
 #: The ledger's own row guards: what every guarded connection installs unless told otherwise.
 LEDGER_GUARDS: tuple[Guard, ...] = (OPENING_LEG_GUARD, RUN_ID_GUARD, TICKER_GUARD)
 
@@ -170,15 +192,19 @@ def trade_problems(
     commission: object,
     executed_at: object,
     run_id: object,
+    *,
+    symbols: SymbolGrammar | None = None,
 ) -> list[str]:
     """Why a trade's executed facts are not acceptable (empty when they are).
 
-    Quantity, price, commission and the notional (quantity × price) are amounts within ±:data:`MAX_AMOUNT`;
+    The ticker is a symbol of ``symbols`` (the configured grammar, :func:`symbol_checker`; the
+    default one when not given). Quantity, price, commission and the notional (quantity × price) are amounts within ±:data:`MAX_AMOUNT`;
     ``executed_at`` an epoch integer in 0..:data:`MAX_EPOCH`.
     """
     problems = []
-    if not is_plausible_ticker(ticker):
-        problems.append(f"ticker {ticker!r} is not a plausible symbol (expected e.g. AAPL, BRK.B)")
+    why = (symbols or grammar()).problem(ticker)
+    if why is not None:
+        problems.append(f"ticker {ticker!r} is not a plausible symbol: {why}")
     if action not in ("BUY", "SELL"):
         problems.append(f"action must be BUY or SELL, got {action!r}")
     quantity_ok = price_ok = False

@@ -46,7 +46,7 @@ from .accounting import (
 )
 from .config import Settings, load_settings
 from .db import atomic, translate_error
-from .domain import BOUNDS, MAX_AMOUNT, amount_problem, epoch_problem, is_amount, is_finite_number, trade_problems
+from .domain import BOUNDS, MAX_AMOUNT, amount_problem, epoch_problem, is_amount, is_finite_number, symbol_checker, trade_problems
 from .errors import LedgerError, NotInitialisedError, OversellError
 
 __all__ = [
@@ -347,7 +347,8 @@ class TradeStore:
             quantity = float(quantity)
         if isinstance(price, int) and is_amount(price):
             price = float(price)
-        problems = trade_problems(ticker, action, quantity, price, commission, when, run_id)
+        problems = trade_problems(ticker, action, quantity, price, commission, when, run_id,
+                                  symbols=symbol_checker(self.settings))
         if problems:   # a value's problem says what the bounds are (not needed for a ticker, action or run id)
             values = any(not p.startswith(("ticker ", "action ", "run_id ")) for p in problems)
             raise LedgerError(f"trade refused: {'; '.join(problems)}", hint=BOUNDS if values else None)

@@ -85,7 +85,7 @@ class SQLiteBackend(Backend):
                 continue
             owner = guard.rule_id or "ledger"
             n = numbers[owner] = numbers.get(owner, -1) + 1
-            for function_name, function in guard.functions.items():
+            for function_name, function in guard.functions_for(self.settings).items():
                 conn.create_function(function_name, function.__code__.co_argcount, function, deterministic=True)
             tolerance = self.settings.rule_options.get(guard.rule_id, {}).get("tolerance", guard.default_tolerance)
             tolerance = float(self.settings.tolerance if tolerance is None else tolerance)

@@ -99,6 +99,9 @@ def _global_options(func: Callable | None = None, *, late: bool = False) -> Call
                          help="Seconds to wait for another connection's write lock on a database [default 5]."),
             click.option("--lock-timeout", type=click.FloatRange(min=0), default=None, **extra,
                          help="Seconds to wait for another toolkit process holding the data directory [default 30]."),
+            click.option("--symbol-pattern", default=None, **extra,
+                         help="Instrument grammar: a preset (default, equity, crypto, fx, futures, any) or a regular "
+                              "expression [env TOOLKIT_SYMBOL_PATTERN, pyproject [tool.toolkit] symbol-pattern; default default]."),
             click.option("--migrations-dir", multiple=True, type=click.Path(path_type=Path, file_okay=False), **extra,
                          help="Extra directory of migrations, after the bundled ones (repeatable)."),
         ]
