@@ -26,20 +26,23 @@ __all__ = ["RULES"]
 
 RULE_ID = "closed_position_mismatch"
 
-# The stored row in CLOSED_POSITION_COLUMNS order, then its position_id and its entry trade's commission
-# and strategy (what closed_position_row copies from the lot's BUY).
-_SELECT = (f"SELECT {', '.join(f'c.{c}' for c in CLOSED_POSITION_COLUMNS)}, c.position_id, t.commission, t.strategy "
-           "FROM positions.closed_positions AS c LEFT JOIN trading.trades AS t ON t.trade_id = c.entry_trade_id ")
-_STREAM = _SELECT + "{where} ORDER BY c.ticker"
-_BY_ENTRY = _SELECT + "WHERE c.entry_trade_id = ?"
-_N = len(CLOSED_POSITION_COLUMNS)
-_POSITION_ID, _ENTRY_COMMISSION, _ENTRY_STRATEGY = _N, _N + 1, _N + 2
+# The stored row in CLOSED_POSITION_COLUMNS order but its last (the bot's strategy), then its position_id.
+_WRITTEN = CLOSED_POSITION_COLUMNS[:-1]
+assert CLOSED_POSITION_COLUMNS[-1] == "strategy"
+_SELECT = f"SELECT {', '.join(_WRITTEN)}, position_id FROM positions.closed_positions "
+_STREAM = _SELECT + "{where} ORDER BY ticker"
+_BY_ENTRY = _SELECT + "WHERE entry_trade_id = ?"
+_N = _POSITION_ID = len(_WRITTEN)
+# The lots' commissions (closed_position_row copies the BUY's), beside the scan through its covering index.
+_BUYS = "SELECT ticker, trade_id, commission FROM trading.trades WHERE action = 'BUY' {also} ORDER BY ticker, executed_at, trade_id"
 _C = {c: i for i, c in enumerate(CLOSED_POSITION_COLUMNS)}
-#: What the rule compares (SPEC §3: the row records its lot); the repair also rewrites the columns derived from them.
+_TICKER = _C["ticker"]
+#: What the rule compares (SPEC §3: the row records its lot): every written column but the derived updated_at and
+#: holding_period_hours (the repair rewrites those too). The fast path compares the same columns as three slices.
 _MONEY = ("entry_price", "exit_price", "realized_pnl", "commission")
-_WRITTEN = tuple(c for c in CLOSED_POSITION_COLUMNS if c not in ("entry_trade_id", "strategy"))
-_COMPARED = [_C[c] for c in ("ticker", "side", "quantity", "entry_price", "opened_at", "closed_at", "exit_price",
-                             "realized_pnl", "commission")]
+_COMPARED = ("ticker", "side", "quantity", "entry_price", "opened_at", "closed_at", "exit_price", "realized_pnl", "commission")
+_A, _B, _D = slice(_C["ticker"], _C["updated_at"]), slice(_C["closed_at"], _C["holding_period_hours"]), _C["commission"]
+assert {CLOSED_POSITION_COLUMNS[i] for s in (_A, _B) for i in range(s.start, s.stop)} | {"commission"} == set(_COMPARED)
 
 
 class _Member:
@@ -50,37 +53,53 @@ class _Member:
         conn = ctx.conn
         if ctx.tickers is None:
             rows: Iterable = conn.execute(_STREAM.format(where=""))
+            buys: Iterable = conn.execute(_BUYS.format(also=""))
         else:
             chosen = sorted(ctx.tickers)
-            rows = (row for ticker in chosen for row in conn.execute(_STREAM.format(where="WHERE c.ticker = ?"), (ticker,)))
+            rows = (row for ticker in chosen for row in conn.execute(_STREAM.format(where="WHERE ticker = ?"), (ticker,)))
+            buys = (row for ticker in chosen for row in conn.execute(_BUYS.format(also="AND ticker = ?"), (ticker,)))
         self.rows: Iterator[tuple] = iter(rows)
         self.next: tuple | None = next(self.rows, None)
-        self.lots: list[tuple[str, Lot]] = []
+        self.buys: Iterator[tuple] = iter(buys)
+        self.next_buy: tuple | None = next(self.buys, None)
+        self.lots: list[tuple[Lot, ...]] = []   # the current ticker's closed lots, per close
         self.claimed: set[int] = set()      # entry trades whose row was found under another ticker
         self.unclaimed: list[tuple] = []    # rows no lot of their ticker recorded (orphans, unless claimed)
 
     # -- the scan's calls ------------------------------------------------------------------------------
     def closed(self, ticker: str, lots: tuple[Lot, ...]) -> None:
-        self.lots.extend((ticker, lot) for lot in lots)
+        self.lots.append(lots)   # the ticker is the one finish() gets next
 
     def finish(self, book: TickerBook) -> Iterator[Violation]:
         ticker = book.ticker
-        while self.next is not None and self.next[_C["ticker"]] < ticker:
-            self._take(self.next[_C["ticker"]])   # rows of tickers without trades
+        while self.next is not None and self.next[_TICKER] < ticker:
+            self._take(self.next[_TICKER])   # rows of tickers without trades
         stored = {row[0]: row for row in self._take(ticker)}
-        for lot_ticker, lot in self.lots:
-            row = stored.pop(lot.trade_id, None)
-            if row is None:
-                row = self.ctx.conn.execute(_BY_ENTRY, (lot.trade_id,)).fetchone()   # missing, or under another ticker
+        commission, buy, buys = {}, self.next_buy, self.buys
+        while buy is not None and buy[0] <= ticker:
+            if buy[0] == ticker:
+                commission[buy[1]] = buy[2]
+            buy = next(buys, None)
+        self.next_buy = buy
+        pop, row_of, a, b, d = stored.pop, closed_position_row, _A, _B, _D
+        for lots in self.lots:
+            for lot in lots:
+                row = pop(lot.trade_id, None)
                 if row is not None:
-                    self.claimed.add(lot.trade_id)
-            yield from self._compare(lot_ticker, lot, row)
+                    want = row_of(lot, ticker, commission.get(lot.trade_id), None)
+                    if row[a] == want[a] and row[b] == want[b] and row[d] == want[d]:
+                        continue   # as the writer wrote it, to the exact bit
+                else:
+                    row = self.ctx.conn.execute(_BY_ENTRY, (lot.trade_id,)).fetchone()   # missing, or under another ticker
+                    if row is not None:
+                        self.claimed.add(lot.trade_id)
+                yield from self._compare(ticker, lot, row)
         self.lots = []
         self.unclaimed.extend(stored.values())
 
     def end(self) -> Iterator[Violation]:
         while self.next is not None:
-            self._take(self.next[_C["ticker"]])
+            self._take(self.next[_TICKER])
         for row in self.unclaimed:
             if row[0] is None or row[0] not in self.claimed:
                 yield self._orphan(row)
@@ -88,25 +107,23 @@ class _Member:
     # -- comparing ---------------------------------------------------------------------------------------
     def _take(self, ticker: str) -> list[tuple]:
         """The stored rows of ``ticker`` (the stream is at them); rows without an entry trade are orphans."""
-        rows = []
-        while self.next is not None and self.next[_C["ticker"]] == ticker:
-            (rows if self.next[0] is not None else self.unclaimed).append(self.next)
-            self.next = next(self.rows, None)
+        rows, unclaimed, stream, row = [], self.unclaimed, self.rows, self.next
+        while row is not None and row[_TICKER] == ticker:
+            (rows if row[0] is not None else unclaimed).append(row)
+            row = next(stream, None)
+        self.next = row
         return rows
 
     def _compare(self, ticker: str, lot: Lot, row: tuple | None) -> Iterator[Violation]:
+        facts = self.ctx.conn.execute("SELECT commission, strategy FROM trading.trades WHERE trade_id = ?",
+                                      (lot.trade_id,)).fetchone()   # the lot's BUY (findings only)
+        want = closed_position_row(lot, ticker, *facts)
         if row is None:
-            facts = self.ctx.conn.execute("SELECT commission, strategy FROM trading.trades WHERE trade_id = ?",
-                                          (lot.trade_id,)).fetchone() or (0.0, None)
-            want = closed_position_row(lot, ticker, *facts)
             yield Violation(RULE_ID, {"entry_trade_id": lot.trade_id},
                             f"missing: lot {lot.trade_id} of {ticker} closed at {want[_C['closed_at']]} has no closed_positions row",
                             computed=lot.realized_pnl, scope=ticker,
                             fix={"position_id": None, "row": dict(zip(CLOSED_POSITION_COLUMNS, want))} if self.fixes else None)
             return
-        want = closed_position_row(lot, ticker, row[_ENTRY_COMMISSION], row[_ENTRY_STRATEGY])
-        if all(row[i] == want[i] for i in _COMPARED):
-            return   # as the writer wrote it, to the exact bit
         problems = []
         for column in ("ticker", "side", "opened_at", "closed_at"):
             if row[_C[column]] != want[_C[column]]:
