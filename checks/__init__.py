@@ -6,4 +6,4 @@ its rules in ``RULES``. Write your own rules the same way (see the README): in a
 ``toolkit.checks``.
 """
 
-MODULES = ("ledger", "bankroll", "positions", "orders", "snapshots", "ml", "physical")
+MODULES = ("ledger", "bankroll", "positions", "closed_positions", "orders", "snapshots", "ml", "physical")

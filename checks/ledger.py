@@ -5,7 +5,7 @@ index, feeds every trade through ``toolkit.accounting`` (the one FIFO), and comp
 ledger stores — links, lot matches, realized P&L, lot status, exit price and time, positions — with
 what the accounting says. The stored ``lot_matches`` and ``positions`` rows are merged in the same
 order, so the scan holds no more than the open lots of one ticker. Only the rules selected for a run
-do their comparisons.
+do their comparisons. Rules in other modules follow the scan's lots through :data:`LEDGER_MEMBERS`.
 
 The executed facts of a trade (ticker, action, quantity, price, executed_at, trade_id) are the truth.
 A row whose facts are not valid numbers — a quantity or price not in (0, ``MAX_AMOUNT``], a time not
@@ -14,7 +14,7 @@ sees amounts within the domain's bound (``toolkit.domain``), whose arithmetic ca
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from toolkit.accounting import (
     LOT_ROW_COLUMNS,
@@ -33,7 +33,11 @@ from toolkit.domain import amount_problem_sql, symbol_checker
 from toolkit.repair.model import Change, Untouched, changed_columns, update_row
 from toolkit.rules.model import CheckContext, Rule, Scan, Violation, rule
 
-__all__ = ["LEDGER_SCAN", "RULES"]
+__all__ = ["LEDGER_MEMBERS", "LEDGER_SCAN", "RULES"]
+
+#: The hook for rules of other modules: rule id -> ``factory(ctx, rule)``, called once per run if selected. Its member
+#: gets ``closed(ticker, lots)`` (each close's consumed lots); ``finish(book)`` (a ticker's end), ``end()`` yield violations.
+LEDGER_MEMBERS: dict[str, Callable[[CheckContext, Rule], object]] = {}
 
 _MAX = MAX_AMOUNT   # a quantity or price beyond it is not replayed (toolkit.domain)
 
@@ -49,9 +53,7 @@ _MATCHES = (
     "FROM trading.trades AS t JOIN trading.lot_matches AS m ON m.close_trade_id = t.trade_id "
     "WHERE t.action = 'SELL' {also} ORDER BY t.ticker, t.executed_at, t.trade_id"
 )
-_POSITIONS = (
-    "SELECT ticker, side, quantity, entry_price FROM positions.positions {where} ORDER BY ticker, side"
-)
+_POSITIONS = "SELECT ticker, side, quantity, entry_price FROM positions.positions {where} ORDER BY ticker, side"
 
 
 def _streams(ctx: CheckContext, want_matches: bool, want_positions: bool) -> tuple[Iterator, Iterator, Iterator]:
@@ -63,11 +65,7 @@ def _streams(ctx: CheckContext, want_matches: bool, want_positions: bool) -> tup
         positions: Iterable = conn.execute(_POSITIONS.format(where="")) if want_positions else ()
     else:
         chosen = sorted(ctx.tickers)
-
-        def each(sql: str) -> Iterator[tuple]:
-            for ticker in chosen:
-                yield from conn.execute(sql, (ticker,))
-
+        each = lambda sql: (row for ticker in chosen for row in conn.execute(sql, (ticker,)))  # noqa: E731
         trades = each(_TRADES.format(where="WHERE ticker = ?"))
         matches = each(_MATCHES.format(also="AND t.ticker = ?")) if want_matches else ()
         positions = each(_POSITIONS.format(where="WHERE ticker = ?")) if want_positions else ()
@@ -108,6 +106,7 @@ class _Ledger:
         self.pnl_tol = ctx.tolerance(self.pnl_rule) if self.pnl_rule else 0.0
         self.status_tol = ctx.tolerance(self.status_rule) if self.status_rule else 0.0
         self.position_tol = ctx.tolerance(self.position_rule) if self.position_rule else 0.0
+        self.members = [make(ctx, rules[r]) for r, make in LEDGER_MEMBERS.items() if r in rules]
 
     # -- the pass ------------------------------------------------------------------------------------
     def run(self) -> Iterator[Violation]:
@@ -115,7 +114,7 @@ class _Ledger:
             self.ctx, self.unlinked or self.pnl_rule is not None, self.position_rule is not None)
         self.next_position = next(self.position_rows, None)
         next_match = next(match_rows, None)
-        status_rule = self.status_rule
+        status_rule, members = self.status_rule, self.members
         row_of_close, row_of_lot = close_row_values, lot_row_values
         book: TickerBook | None = None
         current: str | None = None       # the ticker of ``book``
@@ -154,6 +153,8 @@ class _Ledger:
                 continue  # trade_row_invalid reports it; the FIFO leaves it out
             close: Close = sell(trade_id, quantity, price, executed_at)
             computed = close.matches
+            for member in members if close.closed_lots else ():
+                member.closed(ticker, close.closed_lots)
             # the stored row as a whole is the accounting's row (to the exact bit, as the toolkit writes it)
             if not (close.shortfall == 0.0 and (entry, pnl, status, exit_price, exit_time) == row_of_close(close)
                     and len(stored) == len(computed) and (len(stored) == 1 and stored[0] == computed[0] or stored == list(computed))):
@@ -168,6 +169,8 @@ class _Ledger:
             yield from self.finish(book, pending, None if last_time is None else (last_price, last_time))
         if self.position_rule is not None:
             yield from self.orphans_before(None)
+        for member in self.members:
+            yield from member.end()
 
     # -- a close that differs from FIFO somewhere ----------------------------------------------------
     def sell(self, ticker: str, row: tuple, close: Close, stored: list[tuple]) -> Iterator[Violation]:
@@ -253,13 +256,12 @@ class _Ledger:
         elif exit_time != want_time:
             problems.append(f"exit time {exit_time!r} is not the last match's time {want_time}")
         if problems:
-            fixes = self.fixes
             yield Violation("lot_status_inconsistent", {"trade_id": lot.trade_id}, "; ".join(problems),
                             stored=exit_price, computed=want_price,
                             difference=(exit_price - want_price) if isinstance(exit_price, float) else None,  # type: ignore[operator]
                             tolerance=self.status_tol, scope=ticker,
-                            fix=dict(zip(LOT_ROW_COLUMNS, want)) if fixes else None,
-                            was={"status": status, "exit_price": exit_price, "exit_time": exit_time} if fixes else None)
+                            fix=dict(zip(LOT_ROW_COLUMNS, want)) if self.fixes else None,
+                            was={"status": status, "exit_price": exit_price, "exit_time": exit_time} if self.fixes else None)
 
     def finish(self, book: TickerBook, pending: dict[int, tuple], last: tuple | None) -> Iterator[Violation]:
         """The ticker's last trade was seen: check its still-open lots and its position."""
@@ -280,6 +282,8 @@ class _Ledger:
                 rows.append(self.next_position)
                 self.next_position = next(self.position_rows, None)
             yield from self.compare_position(ticker, book.position(), rows, last)
+        for member in self.members:
+            yield from member.finish(book)
 
     # -- positions ----------------------------------------------------------------------------------------
     def orphans_before(self, ticker: str | None) -> Iterator[Violation]:
@@ -318,10 +322,6 @@ class _Ledger:
                             fix={"position": computed, "rows": rows, "last": last_trade} if self.fixes else None)
 
 
-def _scan(ctx: CheckContext, rules: Mapping[str, Rule]) -> Iterator[Violation]:
-    return _Ledger(ctx, rules).run()
-
-
 def _same_matches(stored: list[tuple], computed: tuple) -> bool:
     """Stored lot_matches are FIFO's: the same lots, in quantities equal at 1e-9."""
     if len(stored) != len(computed):
@@ -331,7 +331,7 @@ def _same_matches(stored: list[tuple], computed: tuple) -> bool:
 
 
 #: The shared pass: every rule below that names it is served by one read of the ledger.
-LEDGER_SCAN = Scan("ledger", _scan)
+LEDGER_SCAN = Scan("ledger", lambda ctx, rules: _Ledger(ctx, rules).run())
 
 
 # -- repairs: the new values come from the accounting core, through the scan's fixes ----------------

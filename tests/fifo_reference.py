@@ -295,6 +295,25 @@ def audit(data_dir: str | Path, *, tolerance: float = 0.01, prefix: str = "") ->
                 if m is not None and not close_to(match_pnl, m.realized_pnl, tolerance):
                     found["realized_pnl_mismatch"].add(key({"close_trade_id": trade_id, "entry_trade_id": entry_id}))
 
+        # closed_positions vs the ledger's closed lots: one row per CLOSED lot, recording it
+        commissions = {r[0]: r[6] for r in rows}
+        stored_closed = {r[0]: r for r in positions.execute(
+            "SELECT entry_trade_id, ticker, side, quantity, entry_price, opened_at, closed_at, exit_price, realized_pnl, "
+            "commission, position_id FROM closed_positions")}
+        for trade_id, lot in ref.lots.items():
+            if lot.status != "CLOSED":
+                continue
+            got = stored_closed.pop(trade_id, None)
+            lot_pnl = sum((m.realized_pnl for m in lot.matches), Fraction(0))
+            if got is None or got[1:3] != (lot.ticker, "long") or not close_to(got[3], lot.quantity, QTY_TOL) \
+                    or (got[5], got[6]) != (lot.executed_at, lot.exit_time) or not all(
+                        close_to(a, b, tolerance) for a, b in zip((got[4], got[7], got[8], got[9]),
+                                                                  (lot.price, lot.exit_price, lot_pnl, commissions[trade_id]))):
+                found["closed_position_mismatch"].add(key({"entry_trade_id": trade_id}))
+        for entry, *_, position_id in stored_closed.values():
+            found["closed_position_mismatch"].add(
+                key({"entry_trade_id": entry} if entry is not None else {"position_id": position_id}))
+
         # the bankroll
         account = trading.execute("SELECT starting_capital, cash_balance FROM account").fetchall()
         if account:

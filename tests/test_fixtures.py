@@ -350,6 +350,18 @@ def _check_position_ledger_mismatch(clean, bad, keys):
     assert (changed, orphaned) == (3, 1)
 
 
+def _check_closed_position_mismatch(clean, bad, keys):
+    kinds = []
+    for k in keys:
+        sql = "SELECT quantity, exit_price, realized_pnl FROM closed_positions WHERE entry_trade_id = ?"
+        c, b = (query(s, "positions", sql, (k["entry_trade_id"],)) for s in (clean, bad))
+        assert c != b
+        kinds.append("orphaned" if not c else "deleted" if not b else "changed")
+        if not c:   # an open lot recorded as closed
+            assert _trade(bad, k["entry_trade_id"], "action, status") == ("BUY", "OPEN")
+    assert sorted(kinds) == ["changed", "deleted", "orphaned"]
+
+
 def _check_trade_row_invalid(clean, bad, keys):
     for k in keys:
         assert _trade(clean, k["trade_id"], "run_id")[0] == f"session-{SEED}"
@@ -455,6 +467,7 @@ def test_injected_defects_are_exact_distinct_and_real(rule, twins, tmp_path):
     touched = {"ml_orphan_rows": {"ml_training"}, "ensemble_weights_sum": {"ml_training"},
                "rl_state_missing_avg_reward": {"ml_training"}, "qtable_unsafe_keys": {"ml_training"},
                "schema_drift": set(DATABASES), "position_ledger_mismatch": {"positions"},
+               "closed_position_mismatch": {"positions"},
                "orphaned_sells": {"trading", "positions"}}.get(rule, {"trading"})
     clean_hashes, bad_hashes = hashes(clean), hashes(bad)
     for name in DATABASES:

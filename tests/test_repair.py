@@ -153,6 +153,7 @@ class Cycle:
     before_ledger: dict
     before_check: Any
     positions_before: dict
+    closed_before: dict
     plan: Any
     after_plan_content: dict
     result: Any
@@ -172,6 +173,16 @@ class Cycle:
     after_undo_check: Any
     run_after_undo: dict
     undo_run: dict
+
+
+def _closed_positions(settings: Settings) -> dict[int, dict]:
+    conn = _ro(settings.path("positions"))
+    try:
+        cursor = conn.execute("SELECT * FROM closed_positions")
+        names = [d[0] for d in cursor.description]
+        return {r[names.index("position_id")]: dict(zip(names, r)) for r in cursor}
+    finally:
+        conn.close()
 
 
 def _positions(settings: Settings) -> dict[tuple, dict]:
@@ -194,7 +205,7 @@ def cycle(request, tmp_path_factory) -> Cycle:
     before_check = run_checks(settings, registry=REGISTRY, collect=True)
     before = dict(before_content=content_hashes(settings), before_tables=tables(settings),
                   before_counts=counts_by_rule(before_check), before_ledger=ledger_counts(settings),
-                  positions_before=_positions(settings))
+                  positions_before=_positions(settings), closed_before=_closed_positions(settings))
     plan = plan_repairs(settings, registry=REGISTRY, sample=EVERYTHING)
     after_plan_content = content_hashes(settings)
     result = apply_repairs(settings, registry=REGISTRY, sample=EVERYTHING)
@@ -297,7 +308,10 @@ def test_the_log_holds_every_changed_row_with_before_and_after(cycle: Cycle) -> 
             assert after is None
             kept = json.loads(before)
             assert set(kept) == set(columns(settings, database, table)), "a deleted row must be logged whole"
-            assert kept == cycle.positions_before[(kept["ticker"], kept["side"])]
+            if table == "closed_positions":
+                assert kept == cycle.closed_before[kept["position_id"]]
+            else:
+                assert kept == cycle.positions_before[(kept["ticker"], kept["side"])]
         elif op == "insert":
             assert before is None and current is not None
             assert {c: current[c] for c in json.loads(after)} == json.loads(after)
@@ -323,6 +337,23 @@ def test_a_deleted_position_is_kept_whole_in_the_log(cycle: Cycle) -> None:
         assert open_lots == 0, "only a position the ledger does not hold may be deleted"
     # and the undo put it back, with its original position_id
     assert cycle.after_undo_tables["positions"]["positions"] == cycle.before_tables["positions"]["positions"]
+
+
+@pytest.mark.parametrize("cycle", ["closed_position_mismatch"], indirect=True)
+def test_closed_positions_are_rebuilt_from_the_ledger(cycle: Cycle) -> None:
+    """A wrong row is corrected, a missing one inserted, an orphaned one deleted (kept whole in the log)."""
+    ops = Counter(r[4] for r in cycle.log)
+    assert ops == {"update": 2, "insert": 1, "delete": 1}, ops
+    assert {(r[0], r[3]) for r in cycle.log} == {("positions", "closed_positions")}
+    for _, _, _, _, op, key, before, _ in cycle.log:
+        if op == "delete":
+            kept = json.loads(before)
+            assert kept == cycle.closed_before[json.loads(key)["position_id"]]   # whole, every column
+            status = _query(cycle.settings, "trading", "SELECT status FROM trades WHERE trade_id = ?", (kept["entry_trade_id"],))
+            assert status == [("OPEN",)], "only a row recording no closed lot may be deleted"
+    assert cycle.after_apply_counts[cycle.rule_id] == 0
+    # the undo put every row back as it was, the deleted one with its original position_id
+    assert cycle.after_undo_tables["positions"]["closed_positions"] == cycle.before_tables["positions"]["closed_positions"]
 
 
 def test_a_second_plan_and_apply_change_nothing(cycle: Cycle) -> None:
@@ -710,7 +741,12 @@ def test_a_repaired_session_has_the_ledger_of_its_clean_twin(defects: dict[str, 
     # same trades in the same order, so no float may differ here, not even in the last ulp.
     for table in ("trades", "lot_matches", "account_adjustments"):
         assert mine["trading"][table] == twin["trading"][table], table
-    assert mine["positions"]["closed_positions"] == twin["positions"]["closed_positions"]
+    # closed_positions: bit for bit, but for position_id (a surrogate key a re-inserted row gets afresh)
+    columns = "entry_trade_id, ticker, side, quantity, entry_price, current_price, unrealized_pnl, stop_loss_price, " \
+              "take_profit_price, opened_at, updated_at, strategy, signal_score, metadata, closed_at, exit_price, realized_pnl, " \
+              "holding_period_hours, exit_reason, commission, slippage, max_favorable_excursion, max_adverse_excursion"
+    sql = f"SELECT {columns} FROM closed_positions ORDER BY entry_trade_id"
+    assert _rows(dirty, "positions", sql) == _rows(clean, "positions", sql)
     # cash: the writer keeps a running balance, the repair recomputes it from per-ticker sums with
     # math.fsum, so the two may differ in the last few ulps (at ~1e6 an ulp is ~1e-10). 1e-6 is four
     # orders of magnitude below the money tolerance (0.01) and the smallest injected error (250).
