@@ -244,12 +244,42 @@ class TickerBook:
             lot = Lot(trade_id, executed_at, quantity, price, SHORT)
             self.short_lots.append(lot)
             return lot
-        return self._consume(lots, LONG, trade_id, quantity, price, executed_at)
+        # Several lots, or not enough: the loop of _consume, inlined for the long side (a hot path).
+        want = quantity
+        matches: list[Match] = []
+        consumed: list[Lot] = []
+        pnl = 0.0
+        while want >= QTY_EPSILON and lots:
+            lot = lots[0]
+            take = lot.remaining if lot.remaining <= want else want
+            piece = (price - lot.price) * take
+            matches.append(_new(Match, (trade_id, lot.trade_id, take, lot.price, price, piece, executed_at)))
+            pnl += piece
+            lot.matched_quantity += take
+            lot.matched_value += price * take
+            lot.realized_pnl += piece
+            lot.last_exit_time = executed_at
+            rest = lot.remaining - take
+            want -= take
+            if rest < QTY_EPSILON:
+                lot.remaining = 0.0
+                lots.popleft()
+                consumed.append(lot)
+            else:
+                lot.remaining = rest
+        shortfall = want if want >= QTY_EPSILON else 0.0
+        opened = None
+        if shortfall and self.allow_short:
+            opened = Lot(trade_id, executed_at, shortfall, price, SHORT)
+            self.short_lots.append(opened)
+        return _new(Close, (trade_id, quantity, price, executed_at, tuple(matches), pnl,
+                            matches[0].entry_trade_id if matches else None, shortfall, tuple(consumed), LONG, opened))
 
     def _consume(self, lots: deque[Lot], side: str, trade_id: int, quantity: float, price: float,
                  executed_at: int) -> Close:
         """Close ``quantity`` from ``lots`` (all of ``side``) FIFO; open the remainder on the other side
-        when the book may (a BUY's always; a SELL's with ``allow_short``)."""
+        when the book may (a BUY's always; a SELL's with ``allow_short``). :meth:`sell` inlines the
+        long side of this loop: the two must stay the same arithmetic."""
         short = side == SHORT
         want = quantity
         matches: list[Match] = []
