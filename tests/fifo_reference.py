@@ -10,6 +10,12 @@ and its lot matches are exactly the intersections of that interval with the lot 
 (= FIFO) order. Quantities are exact integers in units of 1e-9 (the spec compares quantities after
 rounding to 1e-9); prices are exact fractions of their decimal representation, so P&L and cash are
 exact rational numbers.
+
+With shorts allowed (``fifo(..., allow_short=True)``) a second, plainer structure is used instead:
+per ticker a list of open long lots and a list of open short lots, remaining quantities in nano
+units; each trade eats the front of the other side's list and whatever is left opens a lot on its
+own side (SPEC §3: a SELL on a flat or short ticker opens a short lot, a BUY on a short ticker
+covers short lots FIFO with P&L ``(entry − exit) × quantity``).
 """
 from __future__ import annotations
 
@@ -72,6 +78,7 @@ class RefSell:
     matches: tuple[RefMatch, ...]
     shortfall: Fraction            # quantity the open lots could not cover
     rejected: bool                 # refused as an oversell (mode "reject"): changes nothing
+    side: str = "long"             # the side of the lots it closed: "long" (a SELL) or "short" (a BUY)
 
     @property
     def realized_pnl(self) -> Fraction:
@@ -93,6 +100,7 @@ class RefLot:
     end: int
     matches: list[RefMatch] = field(default_factory=list)
     remaining_nano: int = 0
+    side: str = "long"              # "long" (opened by a BUY) or "short" (opened by a SELL)
 
     @property
     def remaining(self) -> Fraction:
@@ -129,23 +137,28 @@ class RefLedger:
     lots: dict[int, RefLot] = field(default_factory=dict)
     bought: dict[str, Fraction] = field(default_factory=dict)
     sold: dict[str, Fraction] = field(default_factory=dict)     # quantity actually consumed
-    positions: dict[str, RefPosition] = field(default_factory=dict)
+    positions: dict[str, RefPosition] = field(default_factory=dict)            # long positions
+    short_positions: dict[str, RefPosition] = field(default_factory=dict)
 
-    def open_lots(self, ticker: str | None = None) -> list[RefLot]:
+    def open_lots(self, ticker: str | None = None, side: str | None = None) -> list[RefLot]:
         return [lot for lot in self.lots.values()
-                if lot.remaining_nano > 0 and (ticker is None or lot.ticker == ticker)]
+                if lot.remaining_nano > 0 and (ticker is None or lot.ticker == ticker)
+                and (side is None or lot.side == side)]
 
     @property
     def rejected(self) -> set[int]:
         return {s.trade_id for s in self.sells.values() if s.rejected}
 
 
-def fifo(trades: Iterable[tuple[str, int, str, float, float, int]], *, oversell: str = "consume") -> RefLedger:
+def fifo(trades: Iterable[tuple[str, int, str, float, float, int]], *, oversell: str = "consume",
+         allow_short: bool = False) -> RefLedger:
     """Replay ``(ticker, trade_id, action, quantity, price, executed_at)`` trades, in any input order.
 
-    ``oversell="consume"``: a SELL beyond the open quantity consumes what is there and reports the
-    shortfall (what the core does). ``oversell="reject"``: such a SELL is refused and changes
-    nothing (what the writer does).
+    Long-only (the default): ``oversell="consume"``: a SELL beyond the open quantity consumes what is
+    there and reports the shortfall (what the core does). ``oversell="reject"``: such a SELL is
+    refused and changes nothing (what the writer does).
+
+    ``allow_short=True``: positions are long or short (:func:`_two_sided`); nothing is refused.
     """
     assert oversell in ("consume", "reject")
     by_ticker: dict[str, list[tuple]] = defaultdict(list)
@@ -154,6 +167,9 @@ def fifo(trades: Iterable[tuple[str, int, str, float, float, int]], *, oversell:
     ledger = RefLedger()
     for ticker, rows in by_ticker.items():
         rows.sort(key=lambda r: (r[5], r[1]))            # FIFO order: (executed_at, trade_id)
+        if allow_short:
+            _two_sided(ledger, ticker, rows)
+            continue
         lots: list[RefLot] = []
         ends: list[int] = []
         bought = consumed = 0
@@ -195,6 +211,62 @@ def fifo(trades: Iterable[tuple[str, int, str, float, float, int]], *, oversell:
             cost = sum((lot.remaining * lot.price for lot in open_), Fraction(0))
             ledger.positions[ticker] = RefPosition(ticker, total, cost / total, open_[0].executed_at, len(open_))
     return ledger
+
+
+def _position(ticker: str, open_: list[RefLot]) -> RefPosition:
+    total = sum((lot.remaining for lot in open_), Fraction(0))
+    cost = sum((lot.remaining * lot.price for lot in open_), Fraction(0))
+    return RefPosition(ticker, total, cost / total, open_[0].executed_at, len(open_))
+
+
+def _two_sided(ledger: RefLedger, ticker: str, rows: list[tuple]) -> None:
+    """One ticker's trades, in FIFO order, with shorts: a list of open lots per side.
+
+    A trade closes from the front of the other side's list; what is left of it (all of it when that
+    side is flat) opens a lot on its own side under its own trade id. A trade that does both (a
+    flip stored as one row) is in ``ledger.sells`` (its matches, ``shortfall`` = the remainder) and
+    in ``ledger.lots`` (the remainder's lot). ``bought`` / ``sold``: Σ BUY / Σ SELL quantity.
+    """
+    open_: dict[str, list[RefLot]] = {"long": [], "short": []}
+    bought = sold = 0
+    for _, trade_id, action, quantity, price, executed_at in rows:
+        q, p = to_nano(quantity), exact(price)
+        if action == "BUY":
+            bought += q
+            closes, opens = "short", "long"
+        else:
+            sold += q
+            closes, opens = "long", "short"
+        queue = open_[closes]
+        if queue:
+            left = q
+            matches = []
+            while left > 0 and queue:
+                lot = queue[0]
+                piece = min(left, lot.remaining_nano)
+                pq = qty(piece)
+                gain = (p - lot.price) if closes == "long" else (lot.price - p)
+                m = RefMatch(trade_id, lot.trade_id, pq, lot.price, p, gain * pq, executed_at)
+                matches.append(m)
+                lot.matches.append(m)
+                lot.remaining_nano -= piece
+                left -= piece
+                if lot.remaining_nano == 0:
+                    queue.pop(0)
+            ledger.sells[trade_id] = RefSell(trade_id, ticker, qty(q), p, executed_at, tuple(matches), qty(left),
+                                             False, closes)
+            q = left
+        if q > 0:
+            lot = RefLot(trade_id, ticker, executed_at, qty(q), p, 0, q, remaining_nano=q, side=opens)
+            open_[opens].append(lot)
+            ledger.lots[trade_id] = lot
+    assert not (open_["long"] and open_["short"])
+    ledger.bought[ticker] = qty(bought)
+    ledger.sold[ticker] = qty(sold)
+    if open_["long"]:
+        ledger.positions[ticker] = _position(ticker, open_["long"])
+    if open_["short"]:
+        ledger.short_positions[ticker] = _position(ticker, open_["short"])
 
 
 def cash_formula(starting_capital: float, adjustments: Iterable[float],
@@ -419,6 +491,33 @@ def quantities_for(raw, *, oversell: str):
         elif oversell == "consume":
             held[ticker] = 0
         out.append((ticker, "SELL", size, cents, dt))
+    return out
+
+
+def signed_quantities_for(raw):
+    """Like :func:`quantities_for`, with shorts: planned trades ``(ticker, action, units, cents, dt)``.
+
+    A trade's size is chosen against the open position it would close — a SELL against a long one, a
+    BUY against a short one: part of it, all of it, more than it (a flip: it closes everything and
+    opens the rest on the other side), or an unrelated size. Against a flat ticker or one on its
+    own side, the drawn size opens (or adds to) a position.
+    """
+    held: dict[str, int] = defaultdict(int)     # > 0 long, < 0 short
+    out = []
+    for ticker, is_sell, units, cents, dt, mode, fraction in raw:
+        against = held[ticker] if is_sell else -held[ticker]
+        if against <= 0:
+            size = units
+        elif mode == "all":
+            size = against
+        elif mode == "part" and against > 1:
+            size = max(1, against * fraction // 100)
+        elif mode == "over":
+            size = against + 1 + units % 5_000
+        else:
+            size = units
+        held[ticker] += -size if is_sell else size
+        out.append((ticker, "SELL" if is_sell else "BUY", size, cents, dt))
     return out
 
 
