@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
-import secrets
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -244,6 +243,8 @@ class TransactionWatch:
 
     def __init__(self, conn: sqlite3.Connection, path: Path | None) -> None:
         self.conn = conn
+        import secrets  # only when a migration runs: `migrate status` starts without it
+
         self.token = secrets.token_hex(16)
         self.verdict: str | None = None
         self.committed = False
