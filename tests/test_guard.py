@@ -262,7 +262,7 @@ def test_executed_columns_are_never_updated(bot, column: str) -> None:
      r"trade ledger \(account_adjustments\)"),
     ("INSERT INTO positions.positions (ticker, side, quantity, entry_price, opened_at, updated_at) "
      "VALUES ('ZQZQ', 'long', 25, 10.0, 1, 1)", (), "positions is a projection of the ledger"),
-    ("UPDATE positions.positions SET quantity = quantity * 2", (), "positions is a projection"),
+    ("UPDATE positions.positions SET quantity = quantity * 2", (), r"UPDATE of positions.quantity is refused"),
     ("DELETE FROM positions.positions", (), "positions is a projection"),
     ("DELETE FROM positions.closed_positions", (), "closed_positions is a projection"),
 ], ids=["insert-trade", "reopen-lot", "rewrite-pnl", "insert-match", "bankroll", "adjustment", "insert-position",

@@ -14,6 +14,7 @@ from ..domain import NO_DELETE
 __all__ = [
     "LEDGER_TABLES",
     "PROJECTION_TABLES",
+    "POSITION_MANAGEMENT_COLUMNS",
     "NO_DELETE",
     "LEDGER_KEY_COLUMNS",
     "EXECUTED_COLUMNS",
@@ -29,7 +30,10 @@ LEDGER_TABLES = frozenset({("trading", "trades"), ("trading", "lot_matches"), ("
                            ("trading", "account_adjustments")})
 #: positions.db projects the ledger: written only by the trade writer and by repairs.
 PROJECTION_TABLES = frozenset({("positions", "positions"), ("positions", "closed_positions")})
-#: Ledger rows are never deleted, not even by trusted code.
+#: The columns of a ``positions`` row the bot owns (SPEC §3): it may update them through its guarded
+#: connection; quantity, side, entry price and the rest follow the ledger through the trade writer.
+POSITION_MANAGEMENT_COLUMNS = frozenset({"current_price", "unrealized_pnl", "stop_loss_price", "take_profit_price",
+                                         "signal_score", "metadata", "updated_at"})
 #: What a trade executed at is history: never updated, not even by trusted code.
 EXECUTED_COLUMNS = frozenset({"trade_id", "run_id", "ticker", "action", "quantity", "price", "commission",
                               "executed_at", "is_close"})
@@ -107,7 +111,13 @@ def guard_decision(action: int, arg1: str | None, arg2: str | None, database: st
         return "UPDATE of account_adjustments is refused: record a new labelled adjustment instead"
     if trusted is None and target in LEDGER_TABLES:
         return f"the trade ledger ({target[1]}) is written only through the trade writer (toolkit.ledger.TradeStore)"
+    if (trusted is None and action == sqlite3.SQLITE_UPDATE and target == ("positions", "positions")
+            and (arg2 or "") in POSITION_MANAGEMENT_COLUMNS):
+        return None  # the bot manages its positions: stops, targets, marks, metadata
     if trusted is None and target in PROJECTION_TABLES:
+        if target == ("positions", "positions") and action == sqlite3.SQLITE_UPDATE:
+            return (f"UPDATE of positions.{arg2} is refused: quantity, side and entry price follow the ledger "
+                    f"(the trade writer); a bot may update {', '.join(sorted(POSITION_MANAGEMENT_COLUMNS))}")
         return f"{target[1]} is a projection of the ledger, written only by the trade writer and repairs"
     return None
 
