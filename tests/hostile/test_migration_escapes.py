@@ -124,8 +124,9 @@ def _refused(cli, lifecycle, data: Path, extra: Path, body: str, code: int, reas
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_transaction_control_through_db_execute_is_refused(cli, lifecycle, data, extra_dir, case):
     statement, reason = REFUSED[case]
-    _refused(cli, lifecycle, data, extra_dir, f"db.execute({statement!r})", 3, reason,
-             names_statement=" ".join(statement.split()))
+    line = _refused(cli, lifecycle, data, extra_dir, f"db.execute({statement!r})", 3, reason,
+                    names_statement=" ".join(statement.split()))
+    assert line.startswith("error: ") and "trading" in line  # one line, naming the database
 
 
 @pytest.mark.parametrize("case", list(DIRECT))
