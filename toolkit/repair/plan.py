@@ -350,8 +350,9 @@ def plan_repairs(settings: Settings, *, registry: Registry, rule_ids: Iterable[s
     By default the plan reads through a read-only connection of its own.
     """
     rules = registry.select(list(rule_ids) if rule_ids else None)
-    refuse_lost_databases(settings)  # never plan to bring other files in line with a lost one
-    backend_for(settings).require(DATABASES)
+    if conn is None:  # (apply_repairs, which hands its connection in, has checked already)
+        refuse_lost_databases(settings)  # never plan to bring other files in line with a lost one
+        backend_for(settings).require(DATABASES)
     repairable = [r for r in rules if r.repair is not None]
     affected = {t for r in repairable for t in tables_read(r)}
     census_rules = list(dict.fromkeys(rules + [r for r in registry if r.reads and tables_read(r) & affected]))

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from .model import Change
-from .writer import canonical_json
+from .writer import canonical_json, same_value
 
 __all__ = ["ChangeStore", "PlannedChange"]
 
@@ -90,8 +90,7 @@ class ChangeStore:
             before = {c: planned[c] if c in planned else seen.get(c) for c in columns}
             base = {c: seen.get(c) for c in columns if c not in planned}
         if change.op == "update":
-            after = {c: v for c, v in (change.after or {}).items()
-                     if not (type(before[c]) is type(v) and before[c] == v)}  # type: ignore[index]
+            after = {c: v for c, v in (change.after or {}).items() if not same_value(before[c], v)}  # type: ignore[index]
             if not after:
                 return None
             before = {c: before[c] for c in after}  # type: ignore[index]
