@@ -407,14 +407,14 @@ def lot_status_inconsistent() -> None:
       repair=update_row("trading", "trades", ["trade_id"]),
       guards=[OPENING_LEG_GUARD])
 def opening_leg_with_pnl():
-    """BUY rows (opening legs) that carry realized P&L."""
-    # Served by the partial index idx_trades_opening_leg_pnl: empty on a sound ledger, so instant.
+    """Opening legs (is_close = 0: a BUY opening a long lot, a SELL opening a short one) that carry realized P&L."""
+    # Served by the partial index idx_trades_opening_leg_pnl (migration 006): empty on a sound ledger, so instant.
     return """
         SELECT trade_id, realized_pnl AS stored, NULL AS computed,
                'opening leg ' || ticker || ' carries realized_pnl ' || realized_pnl AS message,
                NULL AS fix_realized_pnl, realized_pnl AS was_realized_pnl
         FROM trading.trades
-        WHERE action = 'BUY' AND realized_pnl IS NOT NULL
+        WHERE is_close = 0 AND realized_pnl IS NOT NULL
         ORDER BY trade_id
     """
 
@@ -428,7 +428,7 @@ INVALID_TRADE = """run_id IS NULL OR trim(run_id) = ''
            OR typeof(price) NOT IN ('real', 'integer') OR price <= 0 OR abs(price) > 1e300
            OR typeof(commission) NOT IN ('real', 'integer') OR commission < 0 OR abs(commission) > 1e300
            OR typeof(executed_at) <> 'integer'
-           OR action NOT IN ('BUY', 'SELL') OR is_close <> (action = 'SELL')"""
+           OR action NOT IN ('BUY', 'SELL')"""
 
 #: Every distinct ticker, one index seek each (a skip-scan: tickers are few, trades are many).
 DISTINCT_TICKERS = """
@@ -476,7 +476,7 @@ def _trade_row_invalid(ctx: CheckContext, rule_: Rule) -> Iterator[Violation]:
                          THEN 'commission ' || quote(commission) || ' is not a finite number >= 0'
                     {' '.join(_AMOUNTS[:3])}
                     WHEN typeof(executed_at) <> 'integer' THEN 'executed_at ' || quote(executed_at) || ' is not an epoch integer'
-                    ELSE 'action/is_close inconsistent' END
+                    ELSE 'action ' || quote(action) || ' is not BUY or SELL' END
         FROM trading.trades
         WHERE {INVALID_TRADE}
         ORDER BY trade_id

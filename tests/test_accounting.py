@@ -223,7 +223,7 @@ def test_opening_leg_and_position_of_a_single_buy():
     lot = book.buy(1, 3.0, 60.0, 7)
     assert isinstance(lot, Lot)
     assert (lot.status, lot.remaining, lot.exit_price, lot.exit_time, lot.realized_pnl) == ("OPEN", 3.0, None, None, 0.0)
-    assert book.position() == (("KO", 3.0, 60.0, 7, 1))
+    assert book.position() == ("KO", 3.0, 60.0, 7, 1, "long")
 
 
 def test_money_and_quantity_helpers():

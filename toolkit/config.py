@@ -23,6 +23,7 @@ ALL_FILES: tuple[str, ...] = DATABASES + (HISTORY,)
 _ENV_DATA_DIR = "TOOLKIT_DATA_DIR"
 _ENV_PREFIX = "DB_PATH_PREFIX"
 _ENV_SYMBOLS = "TOOLKIT_SYMBOL_PATTERN"
+_ENV_ALLOW_SHORT = "TOOLKIT_ALLOW_SHORT"
 
 _DEFAULTS: dict[str, Any] = {
     "data-dir": "./data",
@@ -37,6 +38,9 @@ _DEFAULTS: dict[str, Any] = {
     # EUR/USD, ES=F, 7203.T, 0x1a2b3c hex ids and lower-case slugs (will-x-happen-2026), 1 to 32
     # characters, case significant (brk.b is a symbol of its own).
     "symbol-pattern": "default",
+    # Short lots (SPEC §3): a SELL beyond the open long lots opens a short lot. false restores a
+    # long-only ledger: such a SELL is refused by the writer and reported as an orphaned sell.
+    "allow-short": True,
 }
 
 
@@ -56,6 +60,8 @@ class Settings:
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: A preset name or a custom regular expression, validated at load (``toolkit.symbols``).
     symbol_pattern: str = "default"
+    #: A SELL beyond the open long lots opens a short lot (true) or is refused / an orphaned sell (false).
+    allow_short: bool = True
 
     def path(self, name: str) -> Path:
         """The file of a logical database name, e.g. ``trading`` -> ``data/trading.db``."""
@@ -175,6 +181,19 @@ def _symbol_pattern(value: Any, source: str) -> str:
     return value
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(name: str, value: Any, source: str) -> bool:
+    """A boolean setting: a TOML boolean, or one of true/false/yes/no/on/off/1/0 from the environment."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise UsageError(f"{name} must be true or false, got {value!r} (from {source})")
+
+
 def load_settings(
     data_dir: str | os.PathLike[str] | None = None,
     *,
@@ -234,6 +253,12 @@ def load_settings(
         symbols, symbols_src = env[_ENV_SYMBOLS], f"${_ENV_SYMBOLS}"
     else:
         symbols, symbols_src = pick("symbol-pattern")
+    if overrides.get("allow_short") is not None:
+        short, short_src = overrides["allow_short"], "option"
+    elif env.get(_ENV_ALLOW_SHORT):
+        short, short_src = env[_ENV_ALLOW_SHORT], f"${_ENV_ALLOW_SHORT}"
+    else:
+        short, short_src = pick("allow-short")
     keep_n = _number("backup-retention", keep, int, keep_src)
     return Settings(
         data_dir=directory,
@@ -247,4 +272,5 @@ def load_settings(
         tolerance=_number("tolerance", tol, float, tol_src),
         rule_options=rule_options,
         symbol_pattern=_symbol_pattern(symbols, symbols_src),
+        allow_short=_flag("allow-short", short, short_src),
     )

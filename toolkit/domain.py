@@ -106,9 +106,10 @@ class Guard:
 
 
 #: An opening leg never carries realized P&L (``opening_leg_with_pnl`` reports a breach).
-OPENING_LEG_GUARD = Guard("trading.trades", ("INSERT", "UPDATE OF realized_pnl, action"),
-                          "NEW.action = 'BUY' AND NEW.realized_pnl IS NOT NULL",
-                          "an opening leg (BUY) never carries realized P&L", rule_id="opening_leg_with_pnl")
+OPENING_LEG_GUARD = Guard("trading.trades", ("INSERT", "UPDATE OF realized_pnl, is_close"),
+                          "NEW.is_close = 0 AND NEW.realized_pnl IS NOT NULL",
+                          "an opening leg (is_close = 0: a BUY opening a long lot or a SELL opening a short one) "
+                          "never carries realized P&L", rule_id="opening_leg_with_pnl")
 #: Every trade names the session that produced it (``trade_row_invalid``).
 RUN_ID_GUARD = Guard("trading.trades", ("INSERT",), "NEW.run_id IS NULL OR trim(NEW.run_id) = ''",
                      "a trade needs the run_id of the session that produced it", rule_id="trade_row_invalid")

@@ -132,14 +132,14 @@ _UPDATE_LOT = f"UPDATE trading.trades SET {', '.join(f'{c} = ?' for c in LOT_ROW
 
 
 def position_row(position: Position, last_price: float, updated_at: int, strategy: str | None) -> dict:
-    """The ``positions`` row that projects a ticker's open lots (one long row per ticker)."""
+    """The ``positions`` row that projects the open lots of a ticker and side (one row per ticker and side)."""
     return {
         "ticker": position.ticker,
-        "side": "long",
+        "side": position.side,
         "quantity": position.quantity,
         "entry_price": position.entry_price,
         "current_price": last_price,
-        "unrealized_pnl": unrealized_pnl(position, last_price),
+        "unrealized_pnl": unrealized_pnl(position, last_price, position.side),
         "opened_at": position.opened_at,
         "updated_at": max(updated_at, position.opened_at),
         "strategy": strategy,
@@ -152,9 +152,9 @@ CLOSED_POSITION_COLUMNS = ("entry_trade_id", "ticker", "side", "quantity", "entr
 
 
 def closed_position_row(lot: Lot, ticker: str, commission: float, strategy: str | None) -> tuple:
-    """The ``closed_positions`` row of a fully closed lot (values in :data:`CLOSED_POSITION_COLUMNS` order)."""
+    """The ``closed_positions`` row of a fully closed lot of either side (values in :data:`CLOSED_POSITION_COLUMNS` order)."""
     closed_at = lot.last_exit_time if lot.last_exit_time is not None else lot.executed_at
-    return (lot.trade_id, ticker, "long", lot.quantity, lot.price, lot.executed_at, closed_at, closed_at,
+    return (lot.trade_id, ticker, lot.side, lot.quantity, lot.price, lot.executed_at, closed_at, closed_at,
             lot.exit_price, lot.realized_pnl, (closed_at - lot.executed_at) / 3600.0, commission, strategy)
 
 

@@ -126,17 +126,14 @@ class Close(NamedTuple):
 
 
 class Position(NamedTuple):
-    """The open position of one ticker and side: what its ``positions.db`` row must hold.
-
-    (The side is not a field: :meth:`TickerBook.position` takes it, :meth:`TickerBook.positions`
-    keys by it.)
-    """
+    """The open position of one ticker and side: what its ``positions.db`` row must hold."""
 
     ticker: str
     quantity: float
     entry_price: float
     opened_at: int
     lots: int
+    side: str = LONG
 
 
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (a hot path)
@@ -336,7 +333,7 @@ class TickerBook:
             return None
         quantity = _exact_sum([lot.remaining for lot in lots])
         cost = _exact_sum([lot.remaining * lot.price for lot in lots])
-        return Position(self.ticker, quantity, cost / quantity, lots[0].executed_at, len(lots))
+        return Position(self.ticker, quantity, cost / quantity, lots[0].executed_at, len(lots), side)
 
     def positions(self) -> dict[str, Position]:
         """The open position of each side that has one, keyed by side (empty when flat).

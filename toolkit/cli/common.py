@@ -102,6 +102,9 @@ def _global_options(func: Callable | None = None, *, late: bool = False) -> Call
             click.option("--symbol-pattern", default=None, **extra,
                          help="Instrument grammar: a preset (default, equity, crypto, fx, futures, any) or a regular "
                               "expression [env TOOLKIT_SYMBOL_PATTERN, pyproject [tool.toolkit] symbol-pattern; default default]."),
+            click.option("--allow-short/--no-allow-short", default=None, **extra,
+                         help="A SELL beyond the open long lots opens a short lot (default), or is refused and reported "
+                              "as an orphaned sell [env TOOLKIT_ALLOW_SHORT, pyproject [tool.toolkit] allow-short; default true]."),
             click.option("--migrations-dir", multiple=True, type=click.Path(path_type=Path, file_okay=False), **extra,
                          help="Extra directory of migrations, after the bundled ones (repeatable)."),
         ]
