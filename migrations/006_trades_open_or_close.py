@@ -6,7 +6,7 @@ of migration 004 no longer holds. SQLite cannot drop a table constraint in place
 rebuilt (SQLite's documented procedure; the runner switches foreign keys off and checks them
 before COMMIT because of ``REBUILDS_TABLES``). The rows are copied unchanged, the indexes are
 recreated, and the two partial indexes that encoded "an opening leg is a BUY" now say "an
-opening leg is a row with ``is_close = 0``". Whether ``is_close`` is right for a row is a question
+opening leg is a row with ``is_close = 0``"; the ledger scan's covering index also holds ``is_close``. Whether ``is_close`` is right for a row is a question
 for the FIFO (rule ``close_flag_mismatch``), not for the row alone.
 
 Downgrading restores the long-only constraint; it is refused (nothing changes) while the ledger
@@ -46,7 +46,7 @@ ALTER TABLE trades_new_rebuild RENAME TO trades;
 
 CREATE INDEX idx_trades_ledger ON trades (
     ticker, executed_at, trade_id, action, quantity, price,
-    entry_trade_id, realized_pnl, status, exit_price, exit_time, commission
+    entry_trade_id, realized_pnl, status, exit_price, exit_time, commission{ledger_tail}
 );
 CREATE INDEX idx_trades_entry_trade_id ON trades (entry_trade_id);
 CREATE INDEX idx_trades_order_id ON trades (order_id);
@@ -71,9 +71,10 @@ FROM trades
 ORDER BY trades.executed_at, trades.trade_id;
 """
 
-UPGRADE = _TABLE.format(constraint="") + _REBUILD.format(opening="is_close = 0", invalid_tail="")
+UPGRADE = _TABLE.format(constraint="") + _REBUILD.format(opening="is_close = 0", invalid_tail="", ledger_tail=", is_close")
 DOWNGRADE = (_TABLE.format(constraint=",\n    CHECK (is_close = (action = 'SELL'))")
-             + _REBUILD.format(opening="action = 'BUY'", invalid_tail=" OR is_close <> (action = 'SELL')"))
+             + _REBUILD.format(opening="action = 'BUY'", invalid_tail=" OR is_close <> (action = 'SELL')",
+                             ledger_tail=""))
 
 
 def upgrade(db):
