@@ -305,7 +305,7 @@ def test_replay_starts_a_new_book_per_ticker_and_replay_book_agrees():
     aaa = replay_book("AAA", [(1, "BUY", 2.0, 10.0, 1), (3, "SELL", 1.0, 12.0, 3)])
     # 2 @ 10 bought, 1 sold: 1 left of lot 1 at 10, opened at 1
     assert [(lot.trade_id, lot.remaining, lot.status) for lot in aaa.lots] == [(1, 1.0, "OPEN")]
-    assert aaa.position() == ("AAA", 1.0, 10.0, 1, 1) == last["AAA"].position()
+    assert aaa.position() == ("AAA", 1.0, 10.0, 1, 1, "long") == last["AAA"].position()
 
 
 def test_replay_book_is_the_state_to_record_the_next_trade_on():
@@ -315,7 +315,7 @@ def test_replay_book_is_the_state_to_record_the_next_trade_on():
     book = replay_book("AAPL", iter(rows))         # any iterable (a cursor in the writer)
     # 5 of lot 11 remain: 5 @ 110, opened at 1000, one lot
     assert [(lot.trade_id, lot.remaining) for lot in book.lots] == [(11, 5.0)]
-    assert book.position() == ("AAPL", 5.0, 110.0, 1_000, 1)
+    assert book.position() == ("AAPL", 5.0, 110.0, 1_000, 1, "long")
     assert book.shortfall_of(6.0) == 1.0           # 6 wanted, 5 held
     # the next SELL closes the rest of lot 11: (130 - 110) * 5 = 100; lot 11 exit = (15*120 + 5*130) / 20 = 122.5
     close = book.sell(13, 5.0, 130.0, 1_020)
@@ -647,9 +647,9 @@ def test_short_sale_opens_a_short_lot_and_its_position():
     assert isinstance(lot2, Lot) and lot2.side == SHORT
     assert not book.lots and [x.trade_id for x in book.short_lots] == [1, 2]
     # 2 @ 50 + 2 @ 60 = 220 over 4 -> 55, opened at the first lot's time
-    assert book.position(SHORT) == ("TSLA", 4.0, 55.0, 7, 2)
+    assert book.position(SHORT) == ("TSLA", 4.0, 55.0, 7, 2, "short")
     assert book.position() is None and book.position(LONG) is None        # position() stays the long side
-    assert book.positions() == {SHORT: ("TSLA", 4.0, 55.0, 7, 2)}
+    assert book.positions() == {SHORT: ("TSLA", 4.0, 55.0, 7, 2, "short")}
     assert book.open_quantity(SHORT) == 4.0 and book.open_quantity() == 0.0
     # a short position gains when the price falls: (55 - 58) * 4 = -12; (55 - 50) * 4 = 20
     position = book.position(SHORT)
@@ -677,7 +677,7 @@ def test_buy_covers_short_lots_fifo_across_lots_with_the_short_pnl_sign():
     assert close_row_values(close) == (1, 400.0, "CLOSED", 90.0, 1_020)
     assert lot_row_values(lot1) == ("CLOSED", 90.0, 1_020) and lot1.realized_pnl == 100.0
     assert lot_row_values(lot2) == ("OPEN", None, None) and lot2.remaining == 5.0
-    assert book.position(SHORT) == ("AAPL", 5.0, 110.0, 1_010, 1) and book.position() is None
+    assert book.position(SHORT) == ("AAPL", 5.0, 110.0, 1_010, 1, "short") and book.position() is None
     # cover the rest above the entry: a loss, (110 - 120) * 5 = -50
     close2 = book.buy(4, 5.0, 120.0, 1_030)
     assert [(m.entry_trade_id, m.quantity, m.realized_pnl) for m in close2.matches] == [(2, 5.0, -50.0)]
@@ -687,7 +687,7 @@ def test_buy_covers_short_lots_fifo_across_lots_with_the_short_pnl_sign():
     assert book.positions() == {} and not book.short_lots and not book.lots
     # flat again: the next BUY opens a long lot
     lot3 = book.buy(5, 1.0, 100.0, 1_040)
-    assert isinstance(lot3, Lot) and lot3.side == LONG and book.positions() == {LONG: ("AAPL", 1.0, 100.0, 1_040, 1)}
+    assert isinstance(lot3, Lot) and lot3.side == LONG and book.positions() == {LONG: ("AAPL", 1.0, 100.0, 1_040, 1, "long")}
 
 
 def test_split_flip_cuts_a_trade_into_its_closing_and_opening_parts():
@@ -708,7 +708,7 @@ def test_split_flip_cuts_a_trade_into_its_closing_and_opening_parts():
     # (11 - 10) * 5 + (11 - 12) * 5 = 0
     assert [(m.entry_trade_id, m.realized_pnl) for m in close.matches] == [(1, 5.0), (2, -5.0)]
     assert isinstance(opened, Lot) and opened.side == SHORT
-    assert book.positions() == {SHORT: ("NVDA", 5.0, 11.0, 3, 1)}
+    assert book.positions() == {SHORT: ("NVDA", 5.0, 11.0, 3, 1, "short")}
     assert split_flip(book, "BUY", 7.0) == (5.0, 2.0)     # short 5: a BUY of 7 covers 5, opens 2 long
     assert split_flip(book, "SELL", 7.0) == (0.0, 7.0)    # adds to the short side
     # float sums: lots of 0.1 and 0.2 hold 0.30000000000000004
@@ -736,14 +736,14 @@ def test_a_stored_flip_closes_the_whole_position_and_opens_the_rest():
     assert close_row_values(flip) == (1, 100.0, "CLOSED", 110.0, 2)
     opened = flip.opened
     assert (opened.trade_id, opened.side, opened.quantity, opened.price, opened.executed_at) == (2, SHORT, 5.0, 110.0, 2)
-    assert lot1.status == "CLOSED" and book.positions() == {SHORT: ("IBM", 5.0, 110.0, 2, 1)}
+    assert lot1.status == "CLOSED" and book.positions() == {SHORT: ("IBM", 5.0, 110.0, 2, 1, "short")}
     # and back: a BUY of 8 covers the 5 short ((110 - 100) * 5 = 50) and opens 3 long
     back = book.buy(3, 8.0, 100.0, 3)
     assert back.flip and back.side == SHORT and back.shortfall == 3.0
     assert [(m.entry_trade_id, m.quantity, m.realized_pnl) for m in back.matches] == [(2, 5.0, 50.0)]
     assert opened.status == "CLOSED" and opened.exit_price == 100.0 and opened.exit_time == 3
     assert (back.opened.side, back.opened.quantity) == (LONG, 3.0)
-    assert book.positions() == {LONG: ("IBM", 3.0, 100.0, 3, 1)}
+    assert book.positions() == {LONG: ("IBM", 3.0, 100.0, 3, 1, "long")}
     # long-only, the same SELL reports its remainder as a shortfall and opens nothing (an orphaned sell)
     strict = TickerBook("IBM")
     strict.buy(1, 10.0, 100.0, 1)
@@ -765,7 +765,7 @@ def test_replay_and_replay_book_with_shorts():
     book = replay_book("AAA", rows, allow_short=True)
     # short 2 @ 10; cover 1 @ 8 ((10 - 8) * 1 = 2); short 1 more @ 9 -> 1 @ 10 + 1 @ 9
     assert [(lot.trade_id, lot.remaining, lot.side) for lot in book.short_lots] == [(1, 1.0, SHORT), (3, 1.0, SHORT)]
-    assert book.position(SHORT) == ("AAA", 2.0, 9.5, 1, 2)
+    assert book.position(SHORT) == ("AAA", 2.0, 9.5, 1, 2, "short")
     outcomes = [outcome for *_, outcome in replay([("AAA", *r) for r in rows], allow_short=True)]
     assert [type(o).__name__ for o in outcomes] == ["Lot", "Close", "Lot"]
     assert outcomes[1].realized_pnl == 2.0

@@ -282,7 +282,7 @@ def test_account_adjustments_are_never_rewritten(bot) -> None:
 
 
 @pytest.mark.parametrize("sql, params, reason", [
-    (*_trade_values(realized_pnl=125.0), "opening_leg_with_pnl: an opening leg .BUY. never carries realized P&L"),
+    (*_trade_values(realized_pnl=125.0), "opening_leg_with_pnl: an opening leg .is_close = 0: a BUY opening a long lot or a SELL opening a short one. never carries realized P&L"),
     (*_trade_values(run_id=None), "trade_row_invalid: a trade needs the run_id"),
     (*_trade_values(run_id="   "), "trade_row_invalid: a trade needs the run_id"),
     (*_trade_values(ticker="AAPL'; DROP TABLE trades; --"), "trade_row_invalid: the ticker is not a plausible symbol"),

@@ -40,6 +40,13 @@ def store(migrated):
         yield s
 
 
+@pytest.fixture
+def long_only(migrated):
+    """A writer of a long-only ledger (allow-short = false): a SELL beyond the open lots is refused."""
+    with TradeStore(migrated.with_(allow_short=False)) as s:
+        yield s
+
+
 def rows(settings, database: str, sql: str, params: tuple = ()) -> list[tuple]:
     conn = connect_ro(settings.path(database))
     try:
@@ -165,7 +172,7 @@ def test_reopened_store_recovers_open_lots_positions_and_stats(migrated):
             (3, "AAA", 6.0, 3.0, 25.0, 12), (6, "BBB", 2.0, 2.0, 45.0, 15)]
         assert [l.trade_id for l in store.open_lots("BBB")] == [6]
         assert store.open_lots("ZZZ") == []
-        assert [tuple(p) for p in store.open_positions()] == [("AAA", 3.0, 25.0, 12, 1), ("BBB", 2.0, 45.0, 15, 1)]
+        assert [tuple(p) for p in store.open_positions()] == [("AAA", 3.0, 25.0, 12, 1, "long"), ("BBB", 2.0, 45.0, 15, 1, "long")]
         stats = store.stats()
         # 7 trades, 4 BUYs, 3 SELLs; P&L 110 - 50 + 0 = 60; one win, one loss, one flat -> win rate 1/3
         # commissions 5 * 1 + 2 * 0.5 = 6; cash 50000 - 690 (bought) + 585 (sold) - 6 = 49889
@@ -248,7 +255,8 @@ def test_record_without_run_id_is_a_type_error_and_writes_nothing(store, migrate
     assert contents(migrated) == before
 
 
-def test_oversell_is_refused_with_the_shortfall_and_writes_nothing(store, migrated):
+def test_oversell_is_refused_with_the_shortfall_and_writes_nothing(long_only, migrated):
+    store = long_only
     store.open_account(100_000.0, at=T0)
     store.buy("AAPL", 10.0, 100.0, run_id="r", executed_at=T0)
     store.buy("AAPL", 0.5, 101.0, run_id="r", executed_at=T0 + 1)
@@ -264,7 +272,8 @@ def test_oversell_is_refused_with_the_shortfall_and_writes_nothing(store, migrat
     assert store.sell("AAPL", 10.5, 120.0, run_id="r", executed_at=T0 + 2).position is None
 
 
-def test_sell_before_any_buy_is_an_oversell(store, migrated):
+def test_sell_before_any_buy_is_an_oversell(long_only, migrated):
+    store = long_only
     store.open_account(100_000.0, at=T0)
     store.buy("AAPL", 1.0, 100.0, run_id="r", executed_at=T0)
     before = contents(migrated)
@@ -326,7 +335,7 @@ def test_writer_equals_independent_fifo(raw, adjustments, commission_seed):
     for position, amount in adjustments:
         adjust_at[position].append(amount)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_settings(tmp, cwd=tmp, env={}, busy_timeout=2.0)
+        cfg = load_settings(tmp, cwd=tmp, env={}, busy_timeout=2.0, allow_short=False)
         upgrade(cfg, migrations=load_migrations(cfg))
         facts = []                    # (ticker, provisional id, action, quantity, price, executed_at)
         results = {}                  # provisional id -> TradeResult
@@ -457,7 +466,7 @@ WORKER = textwrap.dedent("""
 
     data_dir, worker, count, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
     rng = random.Random(worker)
-    settings = load_settings(data_dir, cwd=data_dir, env={}, busy_timeout=60.0)
+    settings = load_settings(data_dir, cwd=data_dir, env={}, busy_timeout=60.0, allow_short=False)
     report = {"recorded": 0, "oversold": 0, "backdated": 0, "ids": []}
     with TradeStore(settings) as store:
         go.with_name(f"ready-{worker}").touch()

@@ -157,7 +157,8 @@ class OversellError(LedgerError):
         super().__init__(
             f"SELL of {requested:g} {ticker} refused: only {held:g} held in open lots "
             f"(shortfall {requested - held:g})",
-            hint="positions are long-only; sell at most the open quantity",
+            hint="the ledger is long-only (allow-short = false): sell at most the open quantity, or set "
+                 "allow-short = true to let a SELL beyond it open a short lot",
         )
         self.ticker = ticker
         self.requested = requested

@@ -1,15 +1,18 @@
-"""The trade writer: record BUYs and SELLs, read lots, positions and stats (the TradeStore).
+"""The trade writer: record executions of either side, manage positions, read lots, positions and stats.
 
-Writing a trade::
+Writing a trade (the TradeStore)::
 
     BEGIN IMMEDIATE  (db.atomic)          (trading.db and positions.db; waits for other writers)
       replay the ticker's executed trades through toolkit.accounting (never trusting stored links)
-      refuse an oversell, a backdated trade, a bad value, a cash balance beyond the ledger's bound
-      INSERT the trade, its lot_matches; UPDATE the lots it closed; UPDATE the account's cash
+      refuse a SELL beyond the open lots when shorts are off, a backdated trade, a bad value, a
+      cash balance beyond the ledger's bound
+      split a flip in two (accounting.split_flip): the close of the whole open position, then the
+      opening of the remainder, at the same time and order
+      INSERT the trade(s), their lot_matches; UPDATE the lots closed; UPDATE the account's cash
     COMMIT                                <- trading.db: the ledger is the truth
     BEGIN IMMEDIATE
-      if this trade is still the ticker's latest: set the ticker's positions row from the book
-      INSERT closed_positions rows for the lots it closed
+      if this trade is still the ticker's latest: set the ticker's positions rows (one per side)
+      INSERT closed_positions rows for the lots it closed (with the close reason)
     COMMIT                                <- positions.db: a projection of the ledger
 
 A crash between the two commits leaves trading.db with the trade and positions.db without its
@@ -24,16 +27,13 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from .accounting import (
-    LOT_ROW_COLUMNS,
-    MATCH_COLUMNS,
-    TRADE_ROW_COLUMNS,
+    LONG,
+    SHORT,
     Close,
     Lot,
-    Match,
     Position,
     TickerBook,
     cash_effect,
@@ -42,12 +42,34 @@ from .accounting import (
     opening_row_values,
     replay,
     replay_book,
+    split_flip,
     unrealized_pnl,
 )
 from .config import Settings, load_settings
 from .db import atomic, translate_error
 from .domain import BOUNDS, MAX_AMOUNT, amount_problem, epoch_problem, is_amount, is_finite_number, symbol_checker, trade_problems
 from .errors import LedgerError, NotInitialisedError, OversellError
+from .ledger_model import (
+    CLOSE_REASONS,
+    CLOSED_POSITION_COLUMNS,
+    COST_KINDS,
+    INSERT_CLOSED_POSITION,
+    INSERT_MATCH,
+    INSERT_TRADE,
+    SET_EXIT_REASON,
+    SIDES,
+    TRADE_COLUMNS,
+    UNREPLAYABLE,
+    UPDATE_LOT,
+    UPSERT_POSITION,
+    LedgerStats,
+    OpenLot,
+    Trade,
+    TradeResult,
+    closed_position_row,
+    position_management_problems,
+    position_row,
+)
 
 __all__ = [
     "TradeResult",
@@ -55,124 +77,15 @@ __all__ = [
     "OpenLot",
     "LedgerStats",
     "TradeStore",
+    "CLOSE_REASONS",
+    "COST_KINDS",
     "position_row",
     "closed_position_row",
     "CLOSED_POSITION_COLUMNS",
     "INSERT_CLOSED_POSITION",
 ]
 
-
-@dataclass(frozen=True)
-class TradeResult:
-    """What recording a trade did."""
-
-    trade_id: int
-    ticker: str
-    action: str
-    realized_pnl: float | None     # None for a BUY (an opening leg carries no P&L)
-    closed_lots: tuple[int, ...]   # BUY trade ids fully closed by this SELL
-    matches: tuple[Match, ...]
-    cash_balance: float
-    position: Position | None      # the ticker's position after the trade
-
-
-@dataclass(frozen=True)
-class Trade:
-    trade_id: int
-    run_id: str | None
-    ticker: str
-    action: str
-    quantity: float
-    price: float
-    commission: float
-    executed_at: int
-    is_close: int
-    entry_trade_id: int | None
-    realized_pnl: float | None
-    status: str
-    exit_price: float | None
-    exit_time: int | None
-    order_id: str | None
-    strategy: str | None
-
-
-@dataclass(frozen=True)
-class OpenLot:
-    trade_id: int
-    ticker: str
-    quantity: float
-    remaining: float
-    price: float
-    executed_at: int
-
-
-@dataclass(frozen=True)
-class LedgerStats:
-    trades: int
-    buys: int
-    sells: int
-    open_lots: int
-    open_tickers: int
-    realized_pnl: float
-    wins: int
-    losses: int
-    win_rate: float | None
-    commissions: float
-    cash_balance: float | None
-
-
-_TRADE_COLUMNS = ("trade_id, run_id, ticker, action, quantity, price, commission, executed_at, is_close, "
-                  f"{', '.join(TRADE_ROW_COLUMNS)}, order_id, strategy")
-# How the accounting's values are written (toolkit.accounting: close_row_values, opening_row_values,
-# lot_row_values; a Match is a lot_matches row).
-_INSERT_TRADE = f"INSERT INTO trading.trades ({_TRADE_COLUMNS}) VALUES ({', '.join('?' * (_TRADE_COLUMNS.count(',') + 1))})"
-_INSERT_MATCH = (f"INSERT INTO trading.lot_matches ({', '.join(MATCH_COLUMNS)}) "
-                 f"VALUES ({', '.join('?' * len(MATCH_COLUMNS))})")
-_UPDATE_LOT = f"UPDATE trading.trades SET {', '.join(f'{c} = ?' for c in LOT_ROW_COLUMNS)} WHERE trade_id = ?"
-
-
-def position_row(position: Position, last_price: float, updated_at: int, strategy: str | None) -> dict:
-    """The ``positions`` row that projects the open lots of a ticker and side (one row per ticker and side)."""
-    return {
-        "ticker": position.ticker,
-        "side": position.side,
-        "quantity": position.quantity,
-        "entry_price": position.entry_price,
-        "current_price": last_price,
-        "unrealized_pnl": unrealized_pnl(position, last_price, position.side),
-        "opened_at": position.opened_at,
-        "updated_at": max(updated_at, position.opened_at),
-        "strategy": strategy,
-    }
-
-
-#: Columns of a ``closed_positions`` row, in the order :func:`closed_position_row` returns them.
-CLOSED_POSITION_COLUMNS = ("entry_trade_id", "ticker", "side", "quantity", "entry_price", "opened_at", "updated_at",
-                           "closed_at", "exit_price", "realized_pnl", "holding_period_hours", "commission", "strategy")
-
-
-def closed_position_row(lot: Lot, ticker: str, commission: float, strategy: str | None) -> tuple:
-    """The ``closed_positions`` row of a fully closed lot of either side (values in :data:`CLOSED_POSITION_COLUMNS` order)."""
-    closed_at = lot.last_exit_time if lot.last_exit_time is not None else lot.executed_at
-    return (lot.trade_id, ticker, lot.side, lot.quantity, lot.price, lot.executed_at, closed_at, closed_at,
-            lot.exit_price, lot.realized_pnl, (closed_at - lot.executed_at) / 3600.0, commission, strategy)
-
-
-INSERT_CLOSED_POSITION = (
-    f"INSERT OR IGNORE INTO positions.closed_positions ({', '.join(CLOSED_POSITION_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(CLOSED_POSITION_COLUMNS))})"
-)
-
-
-_UPSERT_POSITION = """
-INSERT INTO positions.positions (ticker, side, quantity, entry_price, current_price, unrealized_pnl,
-                                 opened_at, updated_at, strategy)
-VALUES (:ticker, :side, :quantity, :entry_price, :current_price, :unrealized_pnl, :opened_at, :updated_at, :strategy)
-ON CONFLICT (ticker, side) DO UPDATE SET
-    quantity = excluded.quantity, entry_price = excluded.entry_price, current_price = excluded.current_price,
-    unrealized_pnl = excluded.unrealized_pnl, opened_at = excluded.opened_at, updated_at = excluded.updated_at,
-    strategy = COALESCE(excluded.strategy, positions.strategy)
-"""
+_UNSET = object()
 
 
 def _moment(at: object) -> int:
@@ -181,17 +94,6 @@ def _moment(at: object) -> int:
     if problem is not None:
         raise LedgerError(problem, hint=BOUNDS)
     return int(time.time()) if at is None else at  # type: ignore[return-value]
-
-
-#: The first trade of a ticker the accounting cannot replay: not a BUY/SELL with a quantity and a price
-#: in (0, MAX_AMOUNT] and an integer time (the rows the ledger scan leaves out of the FIFO).
-_UNREPLAYABLE = """
-SELECT trade_id, quantity, price, executed_at FROM trading.trades
-WHERE ticker = ? AND NOT (action IN ('BUY', 'SELL')
-      AND typeof(quantity) IN ('real', 'integer') AND quantity > 0 AND quantity <= ?
-      AND typeof(price) IN ('real', 'integer') AND price > 0 AND price <= ? AND typeof(executed_at) = 'integer')
-ORDER BY executed_at, trade_id LIMIT 1
-"""
 
 
 def _writes(method):
@@ -318,7 +220,7 @@ class TradeStore:
     def _book(self, ticker: str) -> TickerBook:
         return replay_book(ticker, self._conn.execute(
             "SELECT trade_id, action, quantity, price, executed_at FROM trading.trades "
-            "WHERE ticker = ? ORDER BY executed_at, trade_id", (ticker,)))
+            "WHERE ticker = ? ORDER BY executed_at, trade_id", (ticker,)), allow_short=self.settings.allow_short)
 
     @_writes
     def record(
@@ -333,13 +235,21 @@ class TradeStore:
         executed_at: int | None = None,
         order_id: str | None = None,
         strategy: str | None = None,
+        close_reason: str | None = None,
     ) -> TradeResult:
-        """Record one execution; a SELL closes lots FIFO and returns its realized P&L.
+        """Record one execution: a BUY covers open short lots or opens a long lot, a SELL closes open
+        long lots or opens a short lot, FIFO (SPEC §3); returns the realized P&L of what it closed.
 
-        Refuses (``LedgerError``, nothing written) a SELL beyond the open quantity, a trade earlier
-        than the ticker's last one, values outside their domain (``toolkit.domain``: amounts, notional
-        and the resulting cash balance within its bound, the time an epoch integer), and a ticker
-        whose stored trades hold a value the accounting cannot replay.
+        An execution larger than the open position on the other side (a flip) is stored as two
+        trades, the close of the whole position and the opening of the remainder, at the same time,
+        with the commission split pro rata. ``close_reason`` (one of :data:`CLOSE_REASONS`) labels the
+        ``closed_positions`` rows of the lots it closes.
+
+        Refuses (``LedgerError``, nothing written) a SELL beyond the open long lots when shorts are
+        off (``allow-short = false``), a trade earlier than the ticker's last one, values outside
+        their domain (``toolkit.domain``: amounts, notional and the resulting cash balance within its
+        bound, the time an epoch integer), a close reason on an execution that closes nothing, and a
+        ticker whose stored trades hold a value the accounting cannot replay.
         """
         action = action.upper() if isinstance(action, str) else action
         when = int(time.time()) if executed_at is None else executed_at
@@ -349,8 +259,10 @@ class TradeStore:
             price = float(price)
         problems = trade_problems(ticker, action, quantity, price, commission, when, run_id,
                                   symbols=symbol_checker(self.settings))
+        if close_reason is not None and close_reason not in CLOSE_REASONS:
+            problems.append(f"close_reason {close_reason!r} is not one of {', '.join(CLOSE_REASONS)}")
         if problems:   # a value's problem says what the bounds are (not needed for a ticker, action or run id)
-            values = any(not p.startswith(("ticker ", "action ", "run_id ")) for p in problems)
+            values = any(not p.startswith(("ticker ", "action ", "run_id ", "close_reason ")) for p in problems)
             raise LedgerError(f"trade refused: {'; '.join(problems)}", hint=BOUNDS if values else None)
         with self._transaction(f"recording a {action} of {ticker}"):
             last = self._conn.execute(
@@ -360,7 +272,7 @@ class TradeStore:
                 raise LedgerError(
                     f"{action} of {ticker} at {when} refused: earlier than the ticker's last trade at {last[0]}",
                     hint="the ledger is append-only in time; record trades in the order they executed")
-            unreplayable = self._conn.execute(_UNREPLAYABLE, (ticker, MAX_AMOUNT, MAX_AMOUNT)).fetchone()
+            unreplayable = self._conn.execute(UNREPLAYABLE, (ticker, MAX_AMOUNT, MAX_AMOUNT)).fetchone()
             if unreplayable is not None:
                 trade, q, p, t = unreplayable
                 raise LedgerError(
@@ -368,28 +280,39 @@ class TradeStore:
                     f"executed_at {t!r}) is outside its domain, so the ticker's lots cannot be replayed",
                     hint="run `integrity check` (trade_row_invalid names the row) and correct that row first")
             book = self._book(ticker)
+            closing, opening = split_flip(book, action, quantity)
+            if action == "SELL" and opening and not self.settings.allow_short:
+                raise OversellError(ticker, quantity, book.open_quantity(LONG))
+            if close_reason is not None and not closing:
+                raise LedgerError(f"{action} of {quantity:g} {ticker} refused: close_reason {close_reason!r} given but "
+                                  f"the trade closes nothing (there is no open {'short' if action == 'BUY' else 'long'} position)",
+                                  hint="pass close_reason only on a trade that closes a position")
+            legs = [(closing, commission)] if not opening else [(opening, commission)] if not closing else \
+                [(closing, commission * closing / quantity), (opening, commission - commission * closing / quantity)]
+            cash = self._cash_after(sum(cash_effect(action, q, price, c) for q, c in legs), f"{action} of {quantity!r} {ticker}")
             trade_id = self._conn.execute("SELECT COALESCE(MAX(trade_id), 0) + 1 FROM trading.trades").fetchone()[0]
-            if action == "SELL":
-                held = book.open_quantity()
-                if book.shortfall_of(quantity) > 0.0:
-                    raise OversellError(ticker, quantity, held)
-                outcome: Close | Lot = book.sell(trade_id, quantity, price, when)
-            else:
-                outcome = book.buy(trade_id, quantity, price, when)
-            cash = self._cash_after(cash_effect(action, quantity, price, commission), f"{action} of {quantity!r} {ticker}")
-            self._insert_trade(trade_id, ticker, action, quantity, price, commission, when, run_id, order_id, strategy, outcome)
+            feed = book.buy if action == "BUY" else book.sell
+            outcomes = []
+            for i, (leg_quantity, leg_commission) in enumerate(legs):
+                outcome = feed(trade_id + i, leg_quantity, price, when)
+                self._insert_trade(trade_id + i, ticker, action, leg_quantity, price, leg_commission, when, run_id,
+                                   order_id, strategy, outcome)
+                outcomes.append(outcome)
             self._set_cash(cash, when)
-        closed = outcome.closed_lots if isinstance(outcome, Close) else ()
-        self._project(book, trade_id, price, when, strategy, closed)
+        close = next((o for o in outcomes if isinstance(o, Close)), None)
+        closed = close.closed_lots if close is not None else ()
+        ids = tuple(trade_id + i for i in range(len(legs)))
+        self._project(book, ids[-1], price, when, strategy, closed, close_reason)
         return TradeResult(
             trade_id=trade_id,
             ticker=ticker,
             action=action,
-            realized_pnl=outcome.realized_pnl if isinstance(outcome, Close) else None,
+            realized_pnl=close.realized_pnl if close is not None else None,
             closed_lots=tuple(lot.trade_id for lot in closed),
-            matches=outcome.matches if isinstance(outcome, Close) else (),
+            matches=close.matches if close is not None else (),
             cash_balance=cash,
-            position=book.position(),
+            position=book.position(LONG) or book.position(SHORT),
+            trade_ids=ids,
         )
 
     def buy(self, ticker: str, quantity: float, price: float, **kwargs: object) -> TradeResult:
@@ -403,16 +326,16 @@ class TradeStore:
                       outcome: Close | Lot) -> None:
         conn = self._conn
         if isinstance(outcome, Close):
-            conn.execute(_INSERT_TRADE, (trade_id, run_id, ticker, "SELL", quantity, price, commission, when, 1,
-                                         *close_row_values(outcome), order_id, strategy))
-            conn.executemany(_INSERT_MATCH, outcome.matches)
-            conn.executemany(_UPDATE_LOT, [(*lot_row_values(lot), lot.trade_id) for lot in outcome.closed_lots])
+            conn.execute(INSERT_TRADE, (trade_id, run_id, ticker, action, quantity, price, commission, when, 1,
+                                        *close_row_values(outcome), order_id, strategy))
+            conn.executemany(INSERT_MATCH, outcome.matches)
+            conn.executemany(UPDATE_LOT, [(*lot_row_values(lot), lot.trade_id) for lot in outcome.closed_lots])
         else:
-            conn.execute(_INSERT_TRADE, (trade_id, run_id, ticker, "BUY", quantity, price, commission, when, 0,
-                                         *opening_row_values(outcome), order_id, strategy))
+            conn.execute(INSERT_TRADE, (trade_id, run_id, ticker, action, quantity, price, commission, when, 0,
+                                        *opening_row_values(outcome), order_id, strategy))
 
     def _project(self, book: TickerBook, trade_id: int, price: float, when: int,
-                 strategy: str | None, closed: tuple[Lot, ...]) -> None:
+                 strategy: str | None, closed: tuple[Lot, ...], close_reason: str | None = None) -> None:
         """Bring positions.db in line with the ticker's book (second transaction; see module doc)."""
         ticker = book.ticker
         with self._transaction(f"updating the {ticker} position", "positions"):
@@ -420,11 +343,12 @@ class TradeStore:
                 "SELECT trade_id FROM trading.trades WHERE ticker = ? ORDER BY executed_at DESC, trade_id DESC LIMIT 1",
                 (ticker,)).fetchone()
             if latest is not None and latest[0] == trade_id:
-                position = book.position()
-                if position is None:
-                    self._conn.execute("DELETE FROM positions.positions WHERE ticker = ? AND side = 'long'", (ticker,))
-                else:
-                    self._conn.execute(_UPSERT_POSITION, position_row(position, price, when, strategy))
+                for side in SIDES:
+                    position = book.position(side)
+                    if position is None:
+                        self._conn.execute("DELETE FROM positions.positions WHERE ticker = ? AND side = ?", (ticker, side))
+                    else:
+                        self._conn.execute(UPSERT_POSITION, position_row(position, price, when, strategy))
             if closed:
                 facts = {
                     r[0]: (r[1], r[2]) for r in self._conn.execute(
@@ -434,11 +358,82 @@ class TradeStore:
                 self._conn.executemany(INSERT_CLOSED_POSITION, [
                     closed_position_row(lot, ticker, facts[lot.trade_id][0], facts[lot.trade_id][1]) for lot in closed
                 ])
+                if close_reason is not None:
+                    self._conn.executemany(SET_EXIT_REASON, [(close_reason, lot.trade_id) for lot in closed])
+
+    # -- the bot's own position management ---------------------------------------------------------
+
+    @_writes
+    def update_position(self, ticker: str, side: str = LONG, *, at: int | None = None,
+                        stop_loss_price: object = _UNSET, take_profit_price: object = _UNSET,
+                        trail_percent: object = _UNSET, current_price: object = _UNSET,
+                        signal_score: object = _UNSET, metadata: object = _UNSET) -> dict:
+        """Set the position-management values of an open position (``None`` clears one): stops,
+        targets, trailing stop, the mark (``current_price``, which sets ``unrealized_pnl`` by
+        :func:`toolkit.accounting.unrealized_pnl`), signal score and metadata (a dict, list or JSON
+        text). Quantity, side and entry price follow the ledger and are not settable. Returns the row."""
+        given = {name: value for name, value in (
+            ("stop_loss_price", stop_loss_price), ("take_profit_price", take_profit_price),
+            ("trail_percent", trail_percent), ("current_price", current_price),
+            ("signal_score", signal_score), ("metadata", metadata)) if value is not _UNSET}
+        if side not in SIDES:
+            raise LedgerError(f"position update of {ticker!r} refused: side must be {' or '.join(map(repr, SIDES))}, "
+                              f"not {side!r}")
+        if not given:
+            raise LedgerError(f"position update of {ticker!r} refused: nothing to set",
+                              hint="pass stop_loss_price, take_profit_price, trail_percent, current_price, signal_score "
+                                   "or metadata")
+        problems, values = position_management_problems(given)
+        if problems:
+            raise LedgerError(f"position update of {ticker} ({side}) refused: {'; '.join(problems)}", hint=BOUNDS)
+        now = _moment(at)
+        with self._transaction(f"updating the {ticker} {side} position", "positions"):
+            row = self._conn.execute("SELECT quantity, entry_price, opened_at, updated_at FROM positions.positions "
+                                     "WHERE ticker = ? AND side = ?", (ticker, side)).fetchone()
+            if row is None:
+                raise LedgerError(f"position update refused: there is no open {side} position of {ticker!r}",
+                                  hint="positions are opened by trades (TradeStore.record); list them with open_positions()")
+            quantity, entry_price, opened_at, updated_at = row
+            if values.get("current_price") is not None:
+                if amount_problem("the position's quantity", quantity) or amount_problem("its entry_price", entry_price):
+                    raise LedgerError(f"position update of {ticker} ({side}) refused: its stored quantity {quantity!r} or "
+                                      f"entry price {entry_price!r} is not a number",
+                                      hint="run `integrity check` (position_ledger_mismatch); `integrity repair` rebuilds it")
+                values["unrealized_pnl"] = unrealized_pnl(Position(ticker, quantity, entry_price, opened_at, 0, side),
+                                                          values["current_price"], side)
+            elif "current_price" in values:
+                values["unrealized_pnl"] = None
+            values["updated_at"] = max(now, updated_at if isinstance(updated_at, int) else now, opened_at)
+            self._conn.execute(f"UPDATE positions.positions SET {', '.join(f'{c} = ?' for c in values)} "
+                               "WHERE ticker = ? AND side = ?", (*values.values(), ticker, side))
+            names = ("ticker", "side", "quantity", "entry_price", "current_price", "unrealized_pnl", "stop_loss_price",
+                     "take_profit_price", "trail_percent", "opened_at", "updated_at", "strategy", "signal_score", "metadata")
+            stored = self._conn.execute(f"SELECT {', '.join(names)} FROM positions.positions WHERE ticker = ? AND side = ?",
+                                        (ticker, side)).fetchone()
+        return dict(zip(names, stored))
+
+    @_writes
+    def record_cost(self, amount: float, kind: str, *, ticker: str | None = None, note: str | None = None,
+                    at: int | None = None) -> float:
+        """Record a cost outside a trade's commission — ``funding`` or ``borrow`` — as a labelled account
+        adjustment (``"funding: BTCUSDT ..."``); ``amount`` > 0 is paid, < 0 received. Returns the cash
+        balance. ``stats()`` reports P&L gross and net of these costs and of commissions."""
+        if kind not in COST_KINDS:
+            raise LedgerError(f"cost refused: kind must be one of {', '.join(COST_KINDS)}, not {kind!r}")
+        if ticker is not None and not symbol_checker(self.settings).accepts(ticker):
+            raise LedgerError(f"{kind} cost refused: ticker {ticker!r} is not a plausible symbol",
+                              hint="see the symbol-pattern setting")
+        if note is not None and (not isinstance(note, str) or not note.isprintable() or len(note) > 200):
+            raise LedgerError(f"{kind} cost refused: note must be printable text of at most 200 characters")
+        reason = " ".join(part for part in (f"{kind}:", ticker, note) if part)
+        if not is_finite_number(amount) or amount == 0:
+            raise LedgerError(f"a {kind} cost must be a finite, non-zero amount, got {amount!r}", hint=BOUNDS)
+        return self.adjust_cash(-amount, reason, at=at)
 
     # -- reading -----------------------------------------------------------------------------------
 
     def get_trade(self, trade_id: int) -> Trade | None:
-        row = self._conn.execute(f"SELECT {_TRADE_COLUMNS} FROM trading.trades WHERE trade_id = ?", (trade_id,)).fetchone()
+        row = self._conn.execute(f"SELECT {TRADE_COLUMNS} FROM trading.trades WHERE trade_id = ?", (trade_id,)).fetchone()
         return Trade(*row) if row else None
 
     def _replay(self, ticker: str | None) -> Iterator[tuple[str, TickerBook, tuple, Close | Lot]]:
@@ -446,7 +441,7 @@ class TradeStore:
         cursor = self._conn.execute(
             f"SELECT ticker, trade_id, action, quantity, price, executed_at FROM trading.trades {where} "
             "ORDER BY ticker, executed_at, trade_id", params)
-        return replay(cursor)
+        return replay(cursor, allow_short=self.settings.allow_short)
 
     def _books(self, ticker: str | None) -> Iterator[TickerBook]:
         """Each ticker's book after its last trade."""
@@ -459,40 +454,44 @@ class TradeStore:
             yield current
 
     def open_lots(self, ticker: str | None = None) -> list[OpenLot]:
-        """Lots with quantity remaining, FIFO order within each ticker (recovery after a restart)."""
+        """Lots with quantity remaining, long then short, FIFO order within each ticker (recovery after a restart)."""
         return [
-            OpenLot(lot.trade_id, book.ticker, lot.quantity, lot.remaining, lot.price, lot.executed_at)
-            for book in self._books(ticker) for lot in book.lots
+            OpenLot(lot.trade_id, book.ticker, lot.quantity, lot.remaining, lot.price, lot.executed_at, lot.side)
+            for book in self._books(ticker) for lots in (book.lots, book.short_lots) for lot in lots
         ]
 
     def open_positions(self) -> list[Position]:
-        """One position per ticker with open lots, from the ledger (not from positions.db)."""
-        return [p for p in (book.position() for book in self._books(None)) if p is not None]
+        """One position per ticker and side with open lots, from the ledger (not from positions.db)."""
+        return [p for book in self._books(None) for p in book.positions().values()]
 
     def stats(self) -> LedgerStats:
-        """Trade counts, open lots, realized P&L, win rate and commissions, from the ledger."""
-        trades = buys = sells = wins = losses = open_lots = open_tickers = 0
+        """Trade counts, open lots, realized P&L gross and net of costs, win rate, from the ledger."""
+        trades = buys = closes = wins = losses = open_lots = short_lots = open_tickers = 0
         realized = 0.0
         current: TickerBook | None = None
         for _, book, trade, outcome in self._replay(None):
             if book is not current:
-                if current is not None and current.lots:
+                if current is not None and (current.lots or current.short_lots):
                     open_tickers += 1
-                    open_lots += len(current.lots)
+                    open_lots += len(current.lots) + len(current.short_lots)
+                    short_lots += len(current.short_lots)
                 current = book
             trades += 1
+            buys += trade[2] == "BUY"
             if isinstance(outcome, Close):
-                sells += 1
+                closes += 1
                 realized += outcome.realized_pnl
                 wins += outcome.realized_pnl > 0
                 losses += outcome.realized_pnl < 0
-            else:
-                buys += 1
-        if current is not None and current.lots:
+        if current is not None and (current.lots or current.short_lots):
             open_tickers += 1
-            open_lots += len(current.lots)
-        commissions, cash = self._conn.execute(
-            "SELECT (SELECT COALESCE(SUM(commission), 0) FROM trading.trades), "
-            "(SELECT cash_balance FROM trading.account WHERE account_id = 1)").fetchone()
-        return LedgerStats(trades, buys, sells, open_lots, open_tickers, realized, wins, losses,
-                           wins / sells if sells else None, commissions, cash)
+            open_lots += len(current.lots) + len(current.short_lots)
+            short_lots += len(current.short_lots)
+        commissions, cash, costs = self._conn.execute(
+            "SELECT (SELECT total(commission) FROM trading.trades), "
+            "(SELECT cash_balance FROM trading.account WHERE account_id = 1), "
+            "(SELECT -total(amount) FROM trading.account_adjustments WHERE "
+            + " OR ".join(f"reason LIKE '{kind}:%'" for kind in COST_KINDS) + ")").fetchone()
+        return LedgerStats(trades, buys, trades - buys, open_lots, open_tickers, realized, wins, losses,
+                           wins / closes if closes else None, commissions, cash, closes=closes, costs=costs,
+                           net_pnl=realized - commissions - costs, short_lots=short_lots)

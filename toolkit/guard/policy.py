@@ -33,7 +33,7 @@ PROJECTION_TABLES = frozenset({("positions", "positions"), ("positions", "closed
 #: The columns of a ``positions`` row the bot owns (SPEC §3): it may update them through its guarded
 #: connection; quantity, side, entry price and the rest follow the ledger through the trade writer.
 POSITION_MANAGEMENT_COLUMNS = frozenset({"current_price", "unrealized_pnl", "stop_loss_price", "take_profit_price",
-                                         "signal_score", "metadata", "updated_at"})
+                                         "trail_percent", "signal_score", "metadata", "updated_at"})
 #: What a trade executed at is history: never updated, not even by trusted code.
 EXECUTED_COLUMNS = frozenset({"trade_id", "run_id", "ticker", "action", "quantity", "price", "commission",
                               "executed_at", "is_close"})
