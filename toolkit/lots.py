@@ -163,7 +163,8 @@ class TickerBook:
     :attr:`short_lots` the short ones (at most one of the two is non-empty).
 
     ``allow_short`` says whether a SELL beyond the open long lots opens a short lot (SPEC's
-    ``allow-short`` setting). When it is false — the default — the book is long-only: such a SELL
+    ``allow-short`` setting, which the toolkit's callers pass; the setting defaults to true). When it is
+    false — the book's own default — the book is long-only: such a SELL
     consumes what is held and reports the rest as :attr:`Close.shortfall` (an orphaned sell), and no
     short lot ever opens. Covering never depends on it: a BUY always covers open short lots first.
     """
