@@ -3,6 +3,11 @@
     python tests/bench/bench.py                      # prints a table
     python tests/bench/bench.py --json bench.json    # and writes the figures
     python tests/bench/bench.py --sizes 100000 --repeat 1   # a quick look
+    python tests/bench/bench.py --sizes 1000000 --short-share 0.2   # 20 % of new positions short
+
+``--short-share`` (and ``--flip-share``) generate the sessions with short lots (and flips stored as
+two trades), as the fixtures' options of the same names; the defects are then injected on either
+side. The figures record both shares.
 
 For each size it generates (with the toolkit's fixtures) a clean session and a session with 1 % of
 its trades' worth of defects spread over the rules, all over 2,000 tickers, then measures, each as
@@ -97,14 +102,29 @@ def _floor(path: Path, repeat: int) -> float:
         conn.close()
 
 
-def _generate(directory: Path, trades: int, tickers: int, defects: dict[str, int]) -> float:
+def _generate(directory: Path, trades: int, tickers: int, defects: dict[str, int], *, short_share: float = 0.0,
+              flip_share: float = 0.0) -> float:
     started = time.perf_counter()
     cmd = [sys.executable, "-m", "toolkit.fixtures", "generate", "--data-dir", str(directory), "--trades", str(trades),
            "--tickers", str(tickers), "--seed", "1", "--quiet"]
+    if short_share:
+        cmd += ["--short-share", repr(short_share)]
+    if flip_share:
+        cmd += ["--flip-share", repr(flip_share)]
     for rule, count in defects.items():
         cmd += ["--defect", f"{rule}={count}"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=_ENV)
     return time.perf_counter() - started
+
+
+def _short_trades(path: Path) -> float:
+    """The share of the session's trades on the short side (short sales and the BUYs covering them)."""
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        short, total = conn.execute("SELECT sum((action = 'SELL') = (is_close = 0)), count(*) FROM trades").fetchone()
+        return (short or 0) / total if total else 0.0
+    finally:
+        conn.close()
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -116,15 +136,21 @@ def _copy(src: Path, dst: Path) -> None:
             shutil.copy2(item, dst / item.name)
 
 
-def bench_size(trades: int, tickers: int, repeat: int, work: Path, say) -> dict:
+def bench_size(trades: int, tickers: int, repeat: int, work: Path, say, *, short_share: float = 0.0,
+               flip_share: float = 0.0) -> dict:
     scale = trades / 1_000_000
     defects = {rule: max(1, round(n * scale)) for rule, n in DEFECTS_PER_MILLION.items()}
     defects["bankroll_mismatch"] = 1
+    if short_share or flip_share:
+        # With shorts allowed an oversell opens a short lot: orphaned sells exist only in long-only ledgers.
+        defects.pop("orphaned_sells")
     clean, dirty = work / f"clean-{trades}", work / f"defective-{trades}"
+    shares = {"short_share": short_share, "flip_share": flip_share}
     say(f"{trades:,} trades: generating the clean session")
-    gen_clean = _generate(clean, trades, tickers, {})
+    gen_clean = _generate(clean, trades, tickers, {}, **shares)
     say(f"{trades:,} trades: generating the defective session ({sum(defects.values()):,} defects)")
-    gen_dirty = _generate(dirty, trades, tickers, defects)
+    gen_dirty = _generate(dirty, trades, tickers, defects, **shares)
+    short_trades = _short_trades(clean / "trading.db")
     floor = _floor(clean / "trading.db", repeat)
     integrity = _tool("integrity")
 
@@ -147,6 +173,9 @@ def bench_size(trades: int, tickers: int, repeat: int, work: Path, say) -> dict:
     result = {
         "trades": trades,
         "tickers": tickers,
+        "short_share": short_share,
+        "flip_share": flip_share,
+        "short_trades": short_trades,
         "defects": sum(defects.values()),
         "generate_seconds": {"clean": round(gen_clean, 2), "defective": round(gen_dirty, 2)},
         "floor_seconds": floor,
@@ -186,7 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (the median is reported) [3]")
     parser.add_argument("--json", dest="json_path", help="also write the figures to this JSON file")
     parser.add_argument("--workdir", help="where to put the sessions (default: a temporary directory, removed)")
+    parser.add_argument("--short-share", type=float, default=0.0,
+                        help="share of new positions that are short, 0..1 (the fixtures' --short-share) [0]")
+    parser.add_argument("--flip-share", type=float, default=0.0,
+                        help="share of closes that flip the position, stored as two trades, 0..1 [0]")
     args = parser.parse_args(argv)
+    for name in ("short_share", "flip_share"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            parser.error(f"--{name.replace('_', '-')} must be between 0 and 1")
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
 
     def say(message: str) -> None:
@@ -196,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        results = [bench_size(n, args.tickers, args.repeat, work, say) for n in sizes]
+        results = [bench_size(n, args.tickers, args.repeat, work, say, short_share=args.short_share,
+                              flip_share=args.flip_share) for n in sizes]
         say("migrate status / upgrade from nothing")
         migrate = bench_migrate(work, work / f"clean-{sizes[-1]}", args.repeat)
     finally:
@@ -229,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("check_clean", "check_defective", "repair_apply"):
             rows.append((f"{r['trades']:,}", name.replace("_", " "), r[name]["seconds"], r[name]["ratio_to_floor"],
                          r[name]["peak_rss_mb"]))
+    if args.short_share or args.flip_share:
+        print(f"short share {args.short_share:g}, flip share {args.flip_share:g}: "
+              + ", ".join(f"{r['trades']:,} trades {r['short_trades']:.1%} on the short side" for r in results))
     print(f"{'trades':>10}  {'measure':<16} {'seconds':>9} {'x floor':>8} {'peak MB':>8}")
     for r in results:
         print(f"{r['trades']:>10,}  {'floor':<16} {r['floor_seconds']:>9.4f} {1.0:>8.1f} {'':>8}")
