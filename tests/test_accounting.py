@@ -756,7 +756,7 @@ def test_a_stored_flip_closes_the_whole_position_and_opens_the_rest():
     book.allow_short = False
     cover = book.buy(2, 3.0, 40.0, 2)            # (50 - 40) * 2 = 20; 1 left opens long
     assert cover.realized_pnl == 20.0 and cover.opened is not None and cover.opened.side == LONG
-    assert book.positions() == {LONG: ("IBM", 1.0, 40.0, 2, 1)}
+    assert book.positions() == {LONG: ("IBM", 1.0, 40.0, 2, 1, "long")}
     assert isinstance(book.sell(3, 2.0, 45.0, 3), Close) and not book.short_lots   # and no new short opens
 
 

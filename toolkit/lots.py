@@ -356,8 +356,8 @@ def split_flip(book: TickerBook, action: str, quantity: float) -> tuple[float, f
     A BUY closes open short lots and a SELL open long lots; what they cannot cover opens a lot of
     the other side. A trade that only closes is ``(quantity, 0.0)``, one that only opens
     ``(0.0, quantity)``; a flip — larger than the open position on the other side — is ``(held,
-    rest)``: the whole open quantity of that side, then the remainder (both ≥ 1e-9, summing to
-    ``quantity`` up to float rounding). The writer stores a flip as two trades with these quantities,
+    rest)``: the whole open quantity of that side, then the remainder rounded to 1e-9 (both ≥ 1e-9,
+    summing to ``quantity`` at the ledger's precision). The writer stores a flip as two trades with these quantities,
     at the same time and in the same order. Whether the opening part is allowed (a SELL's with
     ``allow-short`` off) is the caller's decision; this only splits.
     """
@@ -370,7 +370,9 @@ def split_flip(book: TickerBook, action: str, quantity: float) -> tuple[float, f
     rest = quantity - held
     if rest < QTY_EPSILON:
         return (quantity, 0.0)
-    return (held, rest)
+    # the remainder at the ledger's precision (0.0005 - 0.0001344 is 0.000485600000000049 in floats);
+    # the close keeps the exact open quantity, so the lots it consumes close without dust
+    return (held, round(rest, QTY_DECIMALS))
 
 
 _OPEN_LOT_ROW = (OPEN, None, None)
