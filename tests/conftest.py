@@ -63,7 +63,7 @@ import sqlite3  # noqa: E402
 import textwrap  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
-BUNDLED_IDS = ("001", "002", "003", "004", "005")
+from bundled import BUNDLED_IDS  # noqa: E402  (read from migrations/ itself)
 FILE_NAMES = ("positions", "trading", "ml_training", "migrations")
 
 

@@ -20,7 +20,7 @@ from dbstate import damage_root_page
 from toolkit.migrate.runner import downgrade, upgrade
 from toolkit.content import load_migrations
 
-ALL_BUNDLED = ["001", "002", "003", "004", "005"]
+from bundled import BUNDLED_IDS, NEWEST, ids_of
 
 
 def error_line(result, *needles: str) -> str:
@@ -52,7 +52,7 @@ def remove_sidecars(path: Path) -> None:
 
 @pytest.fixture
 def partly(settings):
-    """Everything up to 003 applied; 004 (trading) and 005 (ml_training) pending."""
+    """Everything up to 003 applied; 004 and later pending (004 and 006 on trading, 005 on ml_training...)."""
     upgrade(settings, migrations=load_migrations(settings), target="003")
     return settings
 
@@ -84,8 +84,8 @@ def test_upgrade_creates_a_missing_data_dir_and_every_file(cli, settings, lifecy
     assert result.returncode == 0, result.stderr
     for name in ("positions", "trading", "ml_training", "migrations"):
         assert (nested / f"{name}.db").is_file()
-    assert lifecycle.records(nested / "trading.db") == ["002", "004"]
-    assert {mid: row[0] for mid, row in lifecycle.history(nested).items()} == {m: "applied" for m in ALL_BUNDLED}
+    assert lifecycle.records(nested / "trading.db") == ids_of("trading")
+    assert {mid: row[0] for mid, row in lifecycle.history(nested).items()} == {m: "applied" for m in BUNDLED_IDS}
 
 
 @pytest.mark.parametrize("relative", ["a-file", "a-file/data"])
@@ -201,17 +201,18 @@ def damage_index_root(path: Path, index: str) -> None:
         conn.close()
 
 
-#: A file no pending migration touches (positions.db has only 001), and the ledger itself.
+#: A file no pending migration touches (positions.db is fully migrated first), and the ledger itself.
 DAMAGED_ELSEWHERE = {"positions": "idx_positions_strategy", "migrations": "idx_migration_events_migration"}
 
 
 @pytest.mark.parametrize("name", list(DAMAGED_ELSEWHERE))
-@pytest.mark.parametrize("applied", ["003", "005"], ids=["pending-elsewhere", "nothing-pending"])
+@pytest.mark.parametrize("applied", ["003", NEWEST.id], ids=["pending-elsewhere", "nothing-pending"])
 @pytest.mark.parametrize("dry_run", [False, True], ids=["upgrade", "dry-run"])
 def test_upgrade_refuses_a_data_dir_with_a_file_that_fails_quick_check(cli, settings, lifecycle, name, applied, dry_run):
     """Not only the files the plan changes: a damaged file anywhere in the data directory stops the
     upgrade (with nothing pending too), before the ledger is reconciled or a backup is taken."""
     upgrade(settings, migrations=load_migrations(settings), target=applied)
+    upgrade(settings, migrations=load_migrations(settings), database="positions")  # nothing pending on positions
     path = settings.path(name)
     damage_index_root(path, DAMAGED_ELSEWHERE[name])
     backups = sorted(p.name for p in settings.backup_dir.iterdir()) if settings.backup_dir.exists() else []
@@ -221,7 +222,7 @@ def test_upgrade_refuses_a_data_dir_with_a_file_that_fails_quick_check(cli, sett
     error_line(result, str(path), "quick_check", "migrate restore", "nothing was changed")
     assert lifecycle.snapshot(settings.data_dir) == before
     assert (sorted(p.name for p in settings.backup_dir.iterdir()) if settings.backup_dir.exists() else []) == backups
-    assert lifecycle.records(settings.path("trading")) == (["002"] if applied == "003" else ["002", "004"])
+    assert lifecycle.records(settings.path("trading")) == (["002"] if applied == "003" else ids_of("trading"))
 
 
 def test_verify_reports_a_file_whose_quick_check_raises(cli, migrated, lifecycle):
@@ -307,7 +308,7 @@ def test_a_database_locked_by_another_writer_past_the_busy_timeout(cli, partly, 
     # once the writer has gone, the same command works
     result = migrate(cli, partly, "upgrade")
     assert result.returncode == 0, result.stderr
-    assert lifecycle.records(path) == ["002", "004"]
+    assert lifecycle.records(path) == ids_of("trading")
 
 
 # -- broken migration files -----------------------------------------------------------------------
@@ -321,7 +322,7 @@ def test_a_migration_with_a_python_syntax_error(cli, partly, lifecycle, extra_di
         assert result.returncode == 3, result.stderr
         error_line(result, str(bad), "syntax error", "nothing has been run")
         assert lifecycle.snapshot(partly.data_dir) == before
-    # 004 and 005 were pending and still are: nothing ran before the file was refused
+    # 004 and later were pending and still are: nothing ran before the file was refused
     assert lifecycle.records(partly.path("trading")) == ["002"]
 
 

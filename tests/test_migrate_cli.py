@@ -12,7 +12,9 @@ import pytest
 from toolkit.migrate.runner import upgrade
 from toolkit.content import load_migrations
 
-ALL_BUNDLED = ["001", "002", "003", "004", "005"]
+from bundled import BUNDLED, NEWEST, after, ids_of, labels_of
+
+DATA_FILES = ("positions", "trading", "ml_training")
 
 STATUS_SCHEMA = {
     "type": "object",
@@ -88,8 +90,7 @@ def test_status_json_of_a_missing_data_dir(cli, settings):
     assert data["data_dir"] == str(settings.data_dir) and data["data_dir_source"] == "option"
     assert [(d["name"], d["exists"], d["version"], d["applied"]) for d in data["databases"]] == [
         ("positions", False, None, []), ("trading", False, None, []), ("ml_training", False, None, [])]
-    assert {d["name"]: d["pending"] for d in data["databases"]} == {
-        "positions": ["001"], "trading": ["002", "004"], "ml_training": ["003", "005"]}
+    assert {d["name"]: d["pending"] for d in data["databases"]} == {name: ids_of(name) for name in DATA_FILES}
     assert not settings.data_dir.exists()
 
 
@@ -98,13 +99,14 @@ def test_status_json_partly_and_fully_migrated(cli, settings):
     data = status_json(cli, settings)
     dbs = {d["name"]: d for d in data["databases"]}
     assert data["initialised"] is True and data["up_to_date"] is False
-    assert (dbs["trading"]["version"], dbs["trading"]["applied"], dbs["trading"]["pending"]) == ("002", ["002"], ["004"])
+    assert (dbs["trading"]["version"], dbs["trading"]["applied"], dbs["trading"]["pending"]) == (
+        "002", ["002"], ids_of("trading", after("003")))
     assert dbs["positions"]["file"] == str(settings.path("positions"))
     assert isinstance(dbs["positions"]["last_applied_at"], int)
     upgrade(settings, migrations=load_migrations(settings))
     data = status_json(cli, settings)
     assert data["up_to_date"] is True and data["reconciled"] == []
-    assert [d["version"] for d in data["databases"]] == ["001", "004", "005"]
+    assert [d["version"] for d in data["databases"]] == [ids_of(name)[-1] for name in DATA_FILES]
     assert all(d["pending"] == [] and d["drift"] == [] for d in data["databases"])
 
 
@@ -174,21 +176,24 @@ def test_dry_run_prints_the_plan_and_sql_per_database_and_creates_nothing(cli, s
     assert result.returncode == 0, result.stderr
     out = result.stdout
     headers = [line for line in out.splitlines() if line.startswith("-- ") and "would run" in line]
-    assert headers == [
-        f"-- positions ({settings.path('positions')}): 1 migration(s) would run",
-        f"-- trading ({settings.path('trading')}): 2 migration(s) would run",
-        f"-- ml_training ({settings.path('ml_training')}): 2 migration(s) would run",
-    ]
-    for label in ("001_create_positions_tables", "004_create_ledger_tables", "005_create_rl_model_states"):
+    assert headers == [f"-- {name} ({settings.path(name)}): {len(ids_of(name))} migration(s) would run"
+                       for name in DATA_FILES]
+    for label in (m.label for m in BUNDLED):
         assert f"-- {label}" in out
     assert out.index("-- 004_create_ledger_tables") < out.index("CREATE TABLE trades (") < out.index("-- ml_training")
-    assert "DROP TABLE" not in out
+    # the up steps only: the one DROP TABLE is 006's rebuild of trades, no down step's DROP shows
+    drops = [line for line in out.splitlines() if line.startswith("DROP ")]
+    assert drops == ["DROP VIEW v_trades;", "DROP TABLE trades;"]
+    assert out.index("-- 006_trades_open_or_close") < out.index("DROP TABLE trades;") < out.index("-- ml_training")
+    assert "DROP COLUMN" not in out  # 007's down step
+    assert out.count("CHECK (is_close = (action = 'SELL'))") == 1  # 004 creates it; 006's down step would restore it
     assert out.rstrip().endswith("-- dry run: nothing was changed")
     assert not settings.data_dir.exists()
 
 
 def test_dry_run_on_an_existing_data_dir_is_byte_identical(cli, settings, lifecycle):
     upgrade(settings, migrations=load_migrations(settings), target="003")
+    upgrade(settings, migrations=load_migrations(settings), database="positions")  # positions: nothing pending
     names = sorted(p.name for p in settings.data_dir.iterdir() if p.name.endswith(".db"))
     before = lifecycle.snapshot(settings.data_dir)
     result = migrate(cli, settings, "upgrade", "--dry-run")
@@ -241,7 +246,9 @@ def test_db_path_prefix_on_the_command_line(cli, settings, lifecycle):
     assert [f for f in files if f.endswith(".db")] == [
         "test_migrations.db", "test_ml_training.db", "test_positions.db", "test_trading.db"]
     assert ".test_toolkit.lock" in files
-    assert sorted(p.name.split("-")[0] for p in settings.backup_dir.iterdir()) == ["test_ml_training", "test_trading"]
+    # one backup of each file the second run changed
+    assert sorted(p.name.split("-")[0] for p in settings.backup_dir.iterdir()) == sorted(
+        {f"test_{m.database}" for m in after("003")})
     data = status_json(cli, settings, env=env)
     assert data["up_to_date"] is True
     assert all(Path(d["file"]).name.startswith("test_") for d in data["databases"])
@@ -281,7 +288,7 @@ def test_restore_from_the_command_line(cli, migrated, lifecycle, extra_dir):
     unknown = run("restore", "--database", "tradin", "--yes")
     assert unknown.returncode == 2
     assert run("upgrade").returncode == 0
-    assert lifecycle.records(migrated.path("trading")) == ["002", "004", "900"]
+    assert lifecycle.records(migrated.path("trading")) == [*ids_of("trading"), "900"]
 
 
 # -- the rest of the command surface --------------------------------------------------------------
@@ -305,13 +312,14 @@ def test_the_whole_lifecycle_through_the_cli(cli, settings, lifecycle):
     assert up.returncode == 0, up.stderr
     assert [line.split()[1] for line in up.stdout.splitlines()] == ["001_create_positions_tables", "002_create_trading_tables"]
     up = migrate(cli, settings, "upgrade", "--database", "ml_training")
-    assert [line.split()[1] for line in up.stdout.splitlines()] == ["003_create_ml_training_tables", "005_create_rl_model_states"]
+    assert [line.split()[1] for line in up.stdout.splitlines()] == labels_of("ml_training")
     up = migrate(cli, settings, "upgrade")
-    assert [line.split()[1] for line in up.stdout.splitlines()] == ["004_create_ledger_tables"]
+    assert [line.split()[1] for line in up.stdout.splitlines()] == [
+        m.label for m in after("002") if m.database != "ml_training"]  # 004 and the newer trading, positions ones
     assert "backup: trading -> " in up.stderr
     down = migrate(cli, settings, "downgrade", "--migration", "004", "--yes")
     assert down.returncode == 0, down.stderr
-    assert [line.split()[1] for line in down.stdout.splitlines()] == ["005_create_rl_model_states", "004_create_ledger_tables"]
+    assert [line.split()[1] for line in down.stdout.splitlines()] == [m.label for m in reversed(BUNDLED) if m.number >= 4]
     down = migrate(cli, settings, "downgrade", "--yes")
     assert down.returncode == 0
     assert all(lifecycle.records(settings.path(n)) == [] for n in ("positions", "trading", "ml_training"))
@@ -336,7 +344,7 @@ def test_global_options_work_after_the_command_name(cli, tmp_path, lifecycle, ex
     data = tmp_path / "late"
     result = cli("migrate", "upgrade", "--data-dir", str(data))
     assert result.returncode == 0, result.stderr
-    assert lifecycle.records(data / "trading.db") == ["002", "004"]
+    assert lifecycle.records(data / "trading.db") == ids_of("trading")
     assert not (tmp_path / "data").exists()
     # after the command name wins over before it
     result = cli("migrate", "--data-dir", str(tmp_path / "elsewhere"), "status", "--data-dir", str(data), "--json")
@@ -374,7 +382,7 @@ def test_downgrade_asks_on_a_terminal(settings, lifecycle, answer, code):
     try:
         env = {k: v for k, v in os.environ.items() if k not in ("TOOLKIT_DATA_DIR", "DB_PATH_PREFIX")}
         proc = subprocess.Popen([sys.executable, "-m", "toolkit", "migrate", "--data-dir", str(settings.data_dir),
-                                 "downgrade", "--migration", "005"],
+                                 "downgrade", "--migration", NEWEST.id],
                                 stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         os.write(master, answer.encode())
         try:
@@ -387,10 +395,10 @@ def test_downgrade_asks_on_a_terminal(settings, lifecycle, answer, code):
         os.close(slave)
         os.close(master)
     assert proc.returncode == code, out + err
-    assert "Revert 1 migration(s): 005_create_rl_model_states (ml_training)?" in err
+    assert f"Revert 1 migration(s): {NEWEST.label} ({NEWEST.database})?" in err
     if code == 0:
-        assert "reverted 005_create_rl_model_states" in out
-        assert lifecycle.records(settings.path("ml_training")) == ["003"]
+        assert f"reverted {NEWEST.label}" in out
+        assert lifecycle.records(settings.path(NEWEST.database)) == ids_of(NEWEST.database)[:-1]
     else:
         assert "Traceback" not in err
         assert lifecycle.snapshot(settings.data_dir) == before

@@ -23,6 +23,7 @@ from toolkit.content import load_migrations
 from toolkit.migrate.runner import upgrade
 
 import subproc
+from bundled import BUNDLED, BUNDLED_IDS, after, ids_of
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +99,7 @@ def test_sigkill_mid_migration_leaves_the_file_as_it_was(migrated, slow_dir, lif
 
     # the half-applied migration is not in the file, and the ledger does not claim it
     assert "crash_probe" not in lifecycle.objects(migrated.path("trading"))
-    assert lifecycle.records(migrated.path("trading")) == ["002", "004"]
+    assert lifecycle.records(migrated.path("trading")) == ids_of("trading")
     assert "900" not in lifecycle.history(migrated.data_dir)
     assert lifecycle.snapshot(migrated.data_dir) == before
 
@@ -115,7 +116,7 @@ def test_sigkill_mid_migration_leaves_the_file_as_it_was(migrated, slow_dir, lif
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 10
     assert result.stdout.splitlines()[0].startswith("applied 900_slow_probe to trading")
-    assert lifecycle.records(migrated.path("trading")) == ["002", "004", "900"]
+    assert lifecycle.records(migrated.path("trading")) == [*ids_of("trading"), "900"]
     assert lifecycle.rows(migrated.path("trading"), "SELECT count(*) FROM crash_probe") == [(1,)]
     assert upgrade_events(lifecycle, migrated.data_dir)["900"] == 1
     assert lifecycle.history(migrated.data_dir)["900"][0] == "applied"
@@ -141,7 +142,7 @@ def test_sigkill_between_file_commit_and_ledger_write_is_reconciled(settings, li
     returncode, out, err = finish(proc)
     assert returncode == -signal.SIGKILL, out + err
 
-    # trading.db has 004 (committed with its record); the ledger never heard of it; 005 never ran
+    # trading.db has 004 (committed with its record); the ledger never heard of it; 005 and later never ran
     assert lifecycle.records(settings.path("trading")) == ["002", "004"]
     assert "trades" in lifecycle.objects(settings.path("trading"))
     assert lifecycle.records(settings.path("ml_training")) == ["003"]
@@ -166,11 +167,12 @@ def test_sigkill_between_file_commit_and_ledger_write_is_reconciled(settings, li
     assert lifecycle.history(settings.data_dir)["004"][0] == "applied"
     assert Counter(e for e in lifecycle.events(settings.data_dir) if e[1] == "reconcile") == {("004", "reconcile", "applied"): 1}
     assert "reconcile" not in cli("migrate", "--data-dir", data, "status").stderr  # said once, then true
-    assert result.stdout.splitlines() == [line for line in result.stdout.splitlines() if "005_create_rl_model_states" in line]
+    assert [line.split()[1] for line in result.stdout.splitlines()] == [m.label for m in after("004")]
     applied = upgrade_events(lifecycle, settings.data_dir)
-    assert applied == {"001": 1, "002": 1, "003": 1, "005": 1}  # 004 was never run a second time
-    assert lifecycle.records(settings.path("trading")) == ["002", "004"]
-    assert lifecycle.records(settings.path("ml_training")) == ["003", "005"]
+    # 004 was never run a second time
+    assert applied == {"001": 1, "002": 1, "003": 1, **{m.id: 1 for m in after("004")}}
+    for name in ("positions", "trading", "ml_training"):
+        assert lifecycle.records(settings.path(name)) == ids_of(name), name
     verify = cli("migrate", "--data-dir", data, "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
@@ -189,10 +191,10 @@ def test_two_upgrades_started_together_apply_each_migration_once(settings, slow_
     assert "nothing to upgrade" in outputs[waiter]
     assert f"waiting for the data directory lock held by pid {procs[worker[0]].pid} " in results[waiter][2]
 
-    assert lifecycle.records(settings.path("positions")) == ["001"]
-    assert lifecycle.records(settings.path("trading")) == ["002", "004", "900"]
-    assert lifecycle.records(settings.path("ml_training")) == ["003", "005"]
-    assert upgrade_events(lifecycle, settings.data_dir) == {mid: 1 for mid in ("001", "002", "003", "004", "005", "900")}
+    assert lifecycle.records(settings.path("positions")) == ids_of("positions")
+    assert lifecycle.records(settings.path("trading")) == [*ids_of("trading"), "900"]
+    assert lifecycle.records(settings.path("ml_training")) == ids_of("ml_training")
+    assert upgrade_events(lifecycle, settings.data_dir) == {mid: 1 for mid in (*BUNDLED_IDS, "900")}
     assert lifecycle.rows(settings.path("trading"), "SELECT count(*) FROM crash_probe") == [(1,)]
     verify = cli("migrate", "--data-dir", str(settings.data_dir), "--migrations-dir", str(slow_dir), "verify")
     assert verify.returncode == 0, verify.stdout
@@ -252,7 +254,7 @@ def test_a_killed_lock_holder_does_not_block_the_next_runner(settings, cli):
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 10
     assert f"previous lock holder pid {victim} " in result.stderr
-    assert len(result.stdout.splitlines()) == 5
+    assert len(result.stdout.splitlines()) == len(BUNDLED)
 
 
 def test_the_in_process_lock_is_released_after_a_failure(migrated, lifecycle, extra_dir):
@@ -281,8 +283,11 @@ def test_sigkill_between_file_commit_and_ledger_write_of_a_downgrade(migrated, l
     """)
     returncode, out, err = finish(start("-c", code))
     assert returncode == -signal.SIGKILL, out + err
+    # the newer ones were reverted and recorded before 005; 005 is reverted in the file
     assert lifecycle.records(migrated.path("ml_training")) == ["003"]
     assert lifecycle.records(migrated.path("trading")) == ["002", "004"]  # 004 was next, never reached
+    assert lifecycle.records(migrated.path("positions")) == ["001"]
+    assert {lifecycle.history(migrated.data_dir)[m.id][0] for m in after("005")} == {"rolled_back"}
     assert lifecycle.history(migrated.data_dir)["005"][0] == "applied"  # the ledger is behind the file
 
     # status only reads: it reports what is to reconcile and writes nothing
@@ -301,7 +306,7 @@ def test_sigkill_between_file_commit_and_ledger_write_of_a_downgrade(migrated, l
     assert len(notes) == 1 and "005_create_rl_model_states" in notes[0] and "recorded as rolled back" in notes[0]
     assert [line.split()[1] for line in result.stdout.splitlines()] == ["004_create_ledger_tables"]
     downgrades = Counter(mid for mid, action, st in lifecycle.events(migrated.data_dir) if action == "downgrade")
-    assert downgrades == {"004": 1}
+    assert downgrades == {"004": 1, **{m.id: 1 for m in after("005")}}  # 005 never ran a second time
     assert cli("migrate", "--data-dir", data, "verify").returncode == 0
 
 
@@ -321,4 +326,4 @@ def test_sigint_mid_migration_rolls_back_and_releases_the_lock(migrated, slow_di
                  "--lock-timeout", "0", "upgrade")
     assert result.returncode == 0, result.stderr
     assert "taken over" not in result.stderr
-    assert lifecycle.records(migrated.path("trading")) == ["002", "004", "900"]
+    assert lifecycle.records(migrated.path("trading")) == [*ids_of("trading"), "900"]

@@ -18,7 +18,7 @@ from toolkit.migrate.status import status
 from toolkit.migrate.verify import verify
 from toolkit.content import load_migrations
 
-ALL_BUNDLED = ["001", "002", "003", "004", "005"]
+from bundled import BUNDLED, BUNDLED_IDS, after, ids_of, labels_of, plan_order
 
 
 def logical(settings, name: str) -> str:
@@ -70,12 +70,11 @@ def test_a_failing_migration_mid_run_keeps_earlier_files_migrated_and_consistent
     assert isinstance(error.__cause__, sqlite3.OperationalError)
 
     # everything before 900 is applied and recorded, in the files and in the ledger
-    assert lifecycle.records(settings.path("positions")) == ["001"]
-    assert lifecycle.records(settings.path("trading")) == ["002", "004"]
-    assert lifecycle.records(settings.path("ml_training")) == ["003", "005"]
+    for name in ("positions", "trading", "ml_training"):
+        assert lifecycle.records(settings.path(name)) == ids_of(name), name
     assert "backfill_tmp" not in lifecycle.objects(settings.path("trading"))
     ledger = lifecycle.history(settings.data_dir)
-    assert {mid: row[0] for mid, row in ledger.items()} == {**{m: "applied" for m in ALL_BUNDLED}, "900": "failed"}
+    assert {mid: row[0] for mid, row in ledger.items()} == {**{m: "applied" for m in BUNDLED_IDS}, "900": "failed"}
     assert "UPDATE trades SET no_such_column = 1" in ledger["900"][2]
 
     # trading.db is exactly what the bundled migrations alone produce
@@ -86,7 +85,7 @@ def test_a_failing_migration_mid_run_keeps_earlier_files_migrated_and_consistent
 
     report = status(with_extra, migrations=load_migrations(with_extra))
     dbs = by_name(report)
-    assert dbs["trading"].pending == ["900"] and dbs["trading"].applied == ["002", "004"]
+    assert dbs["trading"].pending == ["900"] and dbs["trading"].applied == ids_of("trading")
     assert dbs["positions"].pending == ["901"] and dbs["ml_training"].pending == []
     assert not report.up_to_date and report.reconciled == []
     assert verify(with_extra, migrations=load_migrations(with_extra)).findings == []
@@ -125,22 +124,26 @@ def test_upgrade_to_a_target_and_one_database(settings, lifecycle):
     assert [s.migration for s in first.steps] == ["001_create_positions_tables", "002_create_trading_tables"]
     assert not settings.path("ml_training").exists()
     second = upgrade(settings, migrations=load_migrations(settings), database="ml_training")
-    assert [s.migration for s in second.steps] == ["003_create_ml_training_tables", "005_create_rl_model_states"]
+    assert [s.migration for s in second.steps] == labels_of("ml_training")
     assert lifecycle.records(settings.path("trading")) == ["002"]
     third = upgrade(settings, migrations=load_migrations(settings), target="4")  # ids resolve by number too
     assert [s.migration for s in third.steps] == ["004_create_ledger_tables"]
+    rest = upgrade(settings, migrations=load_migrations(settings))
+    assert [s.migration for s in rest.steps] == [m.label for m in after("004") if m.database != "ml_training"]
     again = upgrade(settings, migrations=load_migrations(settings))
     assert again.steps == [] and any("nothing to upgrade" in n for n in again.notes)
 
 
 def test_downgrade_to_a_migration_reverts_it_and_everything_after(migrated, lifecycle):
     result = downgrade(migrated, migrations=load_migrations(migrated), target="004")
-    assert [s.migration for s in result.steps] == ["005_create_rl_model_states", "004_create_ledger_tables"]
+    # 004 and every newer migration, newest first
+    assert [s.migration for s in result.steps] == [m.label for m in reversed(BUNDLED) if m.number >= 4]
+    assert lifecycle.records(migrated.path("positions")) == ["001"]
     assert lifecycle.records(migrated.path("trading")) == ["002"]
     assert lifecycle.records(migrated.path("ml_training")) == ["003"]
     assert "trades" not in lifecycle.objects(migrated.path("trading"))
     assert {mid: row[0] for mid, row in lifecycle.history(migrated.data_dir).items()} == {
-        "001": "applied", "002": "applied", "003": "applied", "004": "rolled_back", "005": "rolled_back"}
+        mid: "applied" if int(mid) < 4 else "rolled_back" for mid in BUNDLED_IDS}
     assert verify(migrated, migrations=load_migrations(migrated)).ok
 
 
@@ -149,7 +152,7 @@ def test_a_gap_in_applied_history_is_refused(migrated, lifecycle, extra_dir):
     lifecycle.write_migration(extra_dir, "901_second.py", 'db.execute("CREATE TABLE g2 (x)")', 'db.execute("DROP TABLE g2")')
     extra = migrated.with_(migrations_dirs=(extra_dir,))
     upgrade(extra, migrations=load_migrations(extra))
-    assert lifecycle.records(migrated.path("trading")) == ["002", "004", "900", "901"]
+    assert lifecycle.records(migrated.path("trading")) == [*ids_of("trading"), "900", "901"]
     # take 900 out by hand, leaving 901 applied: a gap in the middle of applied history
     conn = sqlite3.connect(migrated.path("trading"), isolation_level=None)
     try:
@@ -161,7 +164,7 @@ def test_a_gap_in_applied_history_is_refused(migrated, lifecycle, extra_dir):
         upgrade(extra, migrations=load_migrations(extra))
     assert "g1" not in lifecycle.objects(migrated.path("trading"))
     upgrade(extra, migrations=load_migrations(extra), allow_out_of_order=True)
-    assert lifecycle.records(migrated.path("trading")) == ["002", "004", "900", "901"]
+    assert lifecycle.records(migrated.path("trading")) == [*ids_of("trading"), "900", "901"]
 
 
 # -- dry run --------------------------------------------------------------------------------------
@@ -170,9 +173,11 @@ def test_dry_run_on_a_missing_data_dir_plans_everything_and_creates_nothing(sett
     result = upgrade(settings, migrations=load_migrations(settings), dry_run=True)
     assert result.dry_run
     # per database, in the order the plan first reaches each
-    assert [(s.migration[:3], s.database) for s in result.steps] == [
-        ("001", "positions"), ("002", "trading"), ("004", "trading"), ("003", "ml_training"), ("005", "ml_training"),
-    ]
+    assert [(s.migration[:3], s.database) for s in result.steps] == [(m.id, m.database) for m in plan_order()]
+    shown = [s.database for s in result.steps]
+    assert shown[0] == "positions" and len(shown) == len(BUNDLED)
+    runs = [db for i, db in enumerate(shown) if i == 0 or shown[i - 1] != db]
+    assert len(runs) == len(set(runs)) == 3  # each database's steps together
     statements = {s.migration[:3]: "\n".join(s.statements) for s in result.steps}
     assert "CREATE TABLE trades" in statements["004"]
     assert "CREATE TABLE rl_model_states" in statements["005"]
@@ -186,7 +191,7 @@ def test_dry_run_on_an_existing_data_dir_changes_no_byte(settings, lifecycle):
     files_before = sorted(p.name for p in settings.data_dir.iterdir())
     before = lifecycle.snapshot(settings.data_dir)
     result = upgrade(settings, migrations=load_migrations(settings), dry_run=True)
-    assert [s.migration[:3] for s in result.steps] == ["004", "005"]
+    assert [s.migration[:3] for s in result.steps] == [m.id for m in plan_order(after("003"))]
     assert all(s.statements for s in result.steps)
     assert lifecycle.snapshot(settings.data_dir) == before
     new_files = {p.name for p in settings.data_dir.iterdir()} - set(files_before)
@@ -209,7 +214,7 @@ def test_backups_are_taken_before_changes_and_hold_the_old_content(settings, lif
     assert first.backups == []  # the files did not exist: nothing to back up
     add_order(settings, "kept-in-the-backup")
     old = {name: logical(settings, name) for name in ("trading", "ml_training", "positions")}
-    result = upgrade(settings, migrations=load_migrations(settings))
+    result = upgrade(settings, migrations=load_migrations(settings), target="005")  # 004 and 005
     assert sorted(b.database for b in result.backups) == ["ml_training", "trading"]  # positions untouched
     for item in result.backups:
         assert item.path.parent == settings.backup_dir and item.path.is_file()
@@ -226,11 +231,12 @@ def test_backups_are_taken_before_changes_and_hold_the_old_content(settings, lif
 
 def test_backup_retention_is_bounded(settings):
     bounded = settings.with_(backup_retention=2)
-    upgrade(bounded, migrations=load_migrations(bounded))
+    # up to 005 only: the rounds below change trading and ml_training, never positions (007 changes it)
+    upgrade(bounded, migrations=load_migrations(bounded), target="005")
     taken = []
     for _ in range(4):
         taken += downgrade(bounded, migrations=load_migrations(bounded), target="004").backups
-        taken += upgrade(bounded, migrations=load_migrations(bounded)).backups
+        taken += upgrade(bounded, migrations=load_migrations(bounded), target="005").backups
     trading = list_backups(bounded, "trading")
     assert len(trading) == 2
     assert len([b for b in taken if b.database == "trading"]) == 8
@@ -286,7 +292,7 @@ def test_restore_puts_a_backup_back_and_reconciles_the_ledger(migrated, lifecycl
     assert verify(extra, migrations=load_migrations(extra)).ok
     again = upgrade(extra, migrations=load_migrations(extra))
     assert [s.migration for s in again.steps] == ["900_add_notes"]
-    assert lifecycle.records(migrated.path("trading")) == ["002", "004", "900"]
+    assert lifecycle.records(migrated.path("trading")) == [*ids_of("trading"), "900"]
     assert verify(extra, migrations=load_migrations(extra)).ok
 
 
@@ -319,8 +325,8 @@ def test_db_path_prefix_prefixes_every_file(tmp_path, lifecycle):
     assert not [n for n in names if n.endswith(".db") and not n.startswith("test_")]
     assert all(p.name.startswith("test_") for p in prefixed.backup_dir.iterdir())
     assert prefixed.lock_path.name == ".test_toolkit.lock"
-    assert lifecycle.records(data / "test_trading.db") == ["002", "004"]
-    assert set(lifecycle.history(data, prefix="test_")) == set(ALL_BUNDLED)
+    assert lifecycle.records(data / "test_trading.db") == ids_of("trading")
+    assert set(lifecycle.history(data, prefix="test_")) == set(BUNDLED_IDS)
     assert verify(prefixed, migrations=load_migrations(prefixed)).ok
 
     plain = load_settings(data, cwd=tmp_path, env={})
@@ -379,12 +385,8 @@ def test_the_ledger_keeps_the_seed_columns(migrated):
     assert columns[:8] == ["migration_id", "migration_name", "database_path", "applied_at", "applied_date",
                            "duration_seconds", "status", "error_message"]
     assert [(r[0], r[1], Path(r[2]).name, r[3]) for r in rows] == [
-        ("001", "001_create_positions_tables", "positions.db", "applied"),
-        ("002", "002_create_trading_tables", "trading.db", "applied"),
-        ("003", "003_create_ml_training_tables", "ml_training.db", "applied"),
-        ("004", "004_create_ledger_tables", "trading.db", "applied"),
-        ("005", "005_create_rl_model_states", "ml_training.db", "applied"),
-    ]
+        (m.id, m.label, f"{m.database}.db", "applied") for m in BUNDLED]
+    assert [r[1] for r in rows[:2]] == ["001_create_positions_tables", "002_create_trading_tables"]
     assert all(time.strptime(r[4], "%Y-%m-%d %H:%M:%S") for r in rows)
 
 
@@ -418,6 +420,5 @@ def test_migration_statuses_are_enum_members_stored_as_plain_text(migrated, life
         events = set(conn.execute("SELECT typeof(status), status FROM migration_events"))
     finally:
         conn.close()
-    assert history == {"001": "text applied", "002": "text applied", "003": "text applied", "004": "text applied",
-                       "005": "text applied", "900": "text failed"}
+    assert history == {**{mid: "text applied" for mid in BUNDLED_IDS}, "900": "text failed"}
     assert events == {("text", "applied"), ("text", "rolled_back"), ("text", "failed")}

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bundled import BUNDLED, NEWEST, ids_of
+
 REPO = Path(__file__).resolve().parents[1]
 SKIP = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
                               ".hypothesis", "data", "*.pyc")
@@ -56,6 +58,7 @@ def test_the_wheel_ships_one_import_package(installed):
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert top == {"toolkit"}
     for required in ("toolkit/migrations/001_create_positions_tables.py", "toolkit/migrations/005_create_rl_model_states.py",
+                     f"toolkit/migrations/{NEWEST.path.name}",
                      "toolkit/checks/__init__.py", "toolkit/fixtures/__init__.py", "toolkit/migrate/runner.py"):
         assert required in names
     dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
@@ -98,17 +101,17 @@ def test_the_installed_migrate_runs_the_lifecycle_from_another_directory(install
     migrate, cwd = installed["migrate"], installed["cwd"]
     data = tmp_path / "data"
     up = _run([migrate, "upgrade", "--data-dir", data], cwd=cwd)
-    assert len(up.stdout.splitlines()) == 5
+    assert len(up.stdout.splitlines()) == len(BUNDLED)
 
     status = _run([migrate, "--data-dir", data, "status", "--json"], cwd=cwd)
     report = json.loads(status.stdout)
     assert report["up_to_date"] is True
     assert {d["name"]: d["applied"] for d in report["databases"]} == {
-        "positions": ["001"], "trading": ["002", "004"], "ml_training": ["003", "005"]}
+        name: ids_of(name) for name in ("positions", "trading", "ml_training")}
 
     assert _run([migrate, "--data-dir", data, "verify"], cwd=cwd).returncode == 0
     down = _run([migrate, "--data-dir", data, "downgrade", "--yes"], cwd=cwd)
-    assert len(down.stdout.splitlines()) == 5
+    assert len(down.stdout.splitlines()) == len(BUNDLED)
     assert _run([migrate, "--data-dir", data, "upgrade"], cwd=cwd).returncode == 0
     assert _run([migrate, "--data-dir", data, "verify"], cwd=cwd).returncode == 0
     assert not (cwd / "data").exists()  # nothing strayed into the working directory
@@ -135,7 +138,7 @@ def test_the_source_tree_runs_beside_a_non_editable_install(installed, tmp_path)
     python, source = installed["python"], installed["source"]
     data = tmp_path / "x"
     up = _run([python, "-m", "toolkit", "migrate", "--data-dir", data, "upgrade"], cwd=source)
-    assert len(up.stdout.splitlines()) == 5
+    assert len(up.stdout.splitlines()) == len(BUNDLED)
     where = _run([python, "-c", "import toolkit, toolkit.content as c; print(toolkit.__file__); "
                                 "print(c.content_package('migrations').__file__)"], cwd=source).stdout.split()
     assert Path(where[0]).is_relative_to(source) and Path(where[1]) == source / "migrations" / "__init__.py"
