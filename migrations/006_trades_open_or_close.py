@@ -82,4 +82,8 @@ def upgrade(db):
 
 
 def downgrade(db):
+    both_sides = db.execute("SELECT count(*) FROM trades WHERE is_close <> (action = 'SELL')").fetchone()[0]
+    if both_sides:
+        raise ValueError(f"the ledger holds {both_sides} covering BUY(s) or short sale(s), which the long-only schema "
+                         "of 005 cannot store; keep 006 (or remove those trades by hand first)")
     db.script(DOWNGRADE)

@@ -213,7 +213,7 @@ def test_after_006_a_cover_is_stored_and_006_cannot_be_reverted_while_it_is_ther
     result = migrate(cli, ledger, "downgrade", "--migration", "006", "--yes")
     assert result.returncode == 3, result.stdout + result.stderr
     error_line(result, "downgrade of migration 006_trades_open_or_close", "trading", str(ledger.path("trading")),
-               "CHECK constraint failed", "is_close = (action = 'SELL')", "left exactly as before")
+               "the ledger holds 2 covering BUY(s) or short sale(s)", "keep 006", "left exactly as before")
     assert "reverted" not in result.stdout
 
     # no data file changed: bytes, logical content, per-file migration records
@@ -223,8 +223,11 @@ def test_after_006_a_cover_is_stored_and_006_cannot_be_reverted_while_it_is_ther
     assert content_hashes(ledger, DATABASES) == hashes
     assert lifecycle.records(ledger.path("trading")) == ["002", "004", "006"]
     assert OLD_CHECK not in definition(ledger, "trades")
-    # the ledger keeps the attempt
+    # the ledger keeps the attempt, and 006 stays applied there as in the file: nothing to reconcile
     assert ("006", "downgrade", "failed") in lifecycle.events(ledger.data_dir)
+    assert query(ledger, "migrations", "SELECT status FROM migration_history WHERE migration_id = '006'") == [("applied",)]
+    status = migrate(cli, ledger, "status")
+    assert status.returncode == 0 and "reconcile" not in status.stdout + status.stderr, status.stdout + status.stderr
 
 
 def test_006_reverts_on_a_ledger_without_covers_and_the_old_check_holds_again(ledger: Settings, at_005: Path) -> None:

@@ -150,11 +150,14 @@ def _preflight(settings: Settings, plan: Plan) -> dict[str, sqlite3.Connection]:
 
 def _record(history: sqlite3.Connection, migration: Migration, path: Path, status: MigrationStatus, started: float,
             duration: float | None, error: str | None, action: str) -> None:
+    """Record a step's outcome: the migration's row in ``migration_history`` and an event. A failed
+    downgrade rolled back, so the migration is still applied: only its event is recorded."""
     with atomic(history):
-        record_history(
-            history, migration, migration_id=migration.id, name=migration.label, database=migration.database,
-            path=path, status=status, at=started, duration=duration, error=error,
-        )
+        if not (status is MigrationStatus.FAILED and action == "downgrade"):
+            record_history(
+                history, migration, migration_id=migration.id, name=migration.label, database=migration.database,
+                path=path, status=status, at=started, duration=duration, error=error,
+            )
         record_event(history, migration_id=migration.id, database=migration.database, action=action,
                      status=status, detail=error, duration=duration, at=started)
 
