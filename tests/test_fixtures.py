@@ -15,12 +15,12 @@ import pytest
 
 from fifo_reference import QTY_TOL, audit, cash_formula, connect_ro, fifo, key, read_trades, stored_matches
 from toolkit.config import load_settings
-from toolkit.db import content_hash
 from toolkit.domain import average_reward
 from toolkit.errors import UnknownNameError, UsageError
 from toolkit.fixtures import DEFECT_KINDS, Manifest, generate, inject_defects
 from toolkit.migrate.verify import verify
 from toolkit.content import load_migrations
+from dbstate import content_hashes, query
 
 REPO = Path(__file__).resolve().parents[1]
 DATABASES = ("positions", "trading", "ml_training")
@@ -31,22 +31,7 @@ def settings_for(directory: Path):
 
 
 def hashes(settings) -> dict[str, str]:
-    result = {}
-    for name in DATABASES:
-        conn = connect_ro(settings.path(name))
-        try:
-            result[name] = content_hash(conn)
-        finally:
-            conn.close()
-    return result
-
-
-def query(settings, database: str, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = connect_ro(settings.path(database))
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    return content_hashes(settings, DATABASES)
 
 
 def db_files(directory: Path) -> list[str]:

@@ -20,7 +20,6 @@ import pytest
 
 from fifo_reference import QTY_TOL, cash_formula, connect_ro, fifo, key, read_trades, stored_matches
 from toolkit.config import load_settings
-from toolkit.db import content_hash
 from toolkit.errors import UnknownNameError, UsageError
 from toolkit.fixtures import generate, inject_defects
 from toolkit.fixtures.defects import DEFECT_KINDS, SIDE_VARIANTS
@@ -28,6 +27,7 @@ from toolkit.fixtures.instruments import CRYPTO, EQUITY, FUTURES, FX, make_instr
 from toolkit.fixtures.scenarios import SCENARIOS, TRADESTORE_SYMBOLS
 from toolkit.fixtures.session import EXIT_REASONS
 from toolkit.symbols import compile_symbol_pattern, grammar
+from dbstate import content_hashes, query
 
 REPO = Path(__file__).resolve().parents[1]
 DATABASES = ("positions", "trading", "ml_training")
@@ -39,22 +39,7 @@ def settings_for(directory: Path, **env: str):
 
 
 def hashes(settings) -> dict[str, str]:
-    result = {}
-    for name in DATABASES:
-        conn = connect_ro(settings.path(name))
-        try:
-            result[name] = content_hash(conn)
-        finally:
-            conn.close()
-    return result
-
-
-def query(settings, database: str, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = connect_ro(settings.path(database))
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    return content_hashes(settings, DATABASES)
 
 
 _COLUMNS = ("trade_id, ticker, action, quantity, price, commission, executed_at, is_close, entry_trade_id, "

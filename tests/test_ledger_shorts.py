@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import tempfile
 from collections import defaultdict
 
@@ -19,7 +18,7 @@ from toolkit.guard.connection import connect_guarded
 from toolkit.ledger import TradeStore
 from toolkit.migrate.runner import upgrade
 
-from dbstate import content_hashes
+from dbstate import content_hashes, query
 from fifo_reference import fifo
 
 T0 = 1_767_225_600
@@ -29,12 +28,7 @@ def approx(value: float, tol: float = 1e-9):
     return pytest.approx(value, abs=tol)
 
 
-def rows(settings, database: str, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = sqlite3.connect(settings.path(database))
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+rows = query
 
 
 @pytest.fixture
@@ -259,3 +253,42 @@ def test_long_short_and_flip_sequences_agree_with_the_independent_fifo(plan):
             assert math.isclose(entry_price, float(want_positions[key].entry_price), rel_tol=1e-9)
         notional = math.fsum((r[3] * r[4]) * (1 if r[2] == "SELL" else -1) for r in stored)
         assert cash == approx(1_000_000.0 + notional - sum(0.01 * (k % 3) for k in range(len(plan))), 1e-6)
+
+
+@pytest.mark.parametrize("env, pyproject, want", [
+    ({}, "", True),
+    ({"TOOLKIT_ALLOW_SHORT": "off"}, "", False),
+    ({"TOOLKIT_ALLOW_SHORT": "Yes"}, "allow-short = false\n", True),
+    ({}, "allow-short = false\n", False),
+], ids=["default-on", "env-off", "env-beats-pyproject", "pyproject-off"])
+def test_allow_short_resolves_from_environment_and_pyproject(tmp_path, env, pyproject, want):
+    (tmp_path / "pyproject.toml").write_text("[tool.toolkit]\n" + pyproject, encoding="utf-8")
+    assert load_settings(tmp_path / "data", cwd=tmp_path, env=env).allow_short is want
+    assert load_settings(tmp_path / "data", cwd=tmp_path, env=env, allow_short=not want).allow_short is (not want)
+
+
+@pytest.mark.parametrize("env, pyproject, message", [
+    ({"TOOLKIT_ALLOW_SHORT": "maybe"}, "", r"allow-short must be true or false, got 'maybe' \(from \$TOOLKIT_ALLOW_SHORT\)"),
+    ({}, 'allow-short = "sometimes"\n', r"allow-short must be true or false, got 'sometimes' \(from pyproject.toml\)"),
+    ({}, "allow-short = 1\n", r"allow-short must be true or false, got 1 \(from pyproject.toml\)"),
+], ids=["env", "pyproject-text", "pyproject-number"])
+def test_a_bad_allow_short_is_refused_in_one_line(tmp_path, env, pyproject, message):
+    from toolkit.errors import UsageError
+
+    (tmp_path / "pyproject.toml").write_text("[tool.toolkit]\n" + pyproject, encoding="utf-8")
+    with pytest.raises(UsageError, match=message):
+        load_settings(tmp_path / "data", cwd=tmp_path, env=env)
+
+
+def test_the_cli_takes_no_allow_short(cli, tmp_path):
+    """`--no-allow-short` reaches the gate: the same short sale is an orphaned sell only when shorts are off."""
+    data = tmp_path / "data"
+    settings = load_settings(data, cwd=tmp_path, env={})
+    upgrade(settings, migrations=load_migrations(settings))
+    with TradeStore(settings) as store:
+        store.open_account(10_000.0, at=T0)
+        store.sell("BTCUSDT", 0.01, 90_000.0, run_id="r", executed_at=T0 + 1)
+    on = cli("integrity", "--data-dir", str(data), "check", "--rule", "orphaned_sells")
+    off = cli("integrity", "--data-dir", str(data), "--no-allow-short", "check", "--rule", "orphaned_sells")
+    assert on.returncode == 0, on.stdout + on.stderr
+    assert off.returncode == 1 and "trade_id=1" in off.stdout, off.stdout + off.stderr

@@ -247,18 +247,14 @@ def load_settings(
         return tuple(p if p.is_absolute() else base / p for p in (Path(i) for i in _paths(key, value, source)))
 
     rule_options = _rule_options(project.get("rules", {}), "pyproject.toml")
-    if overrides.get("symbol_pattern") is not None:
-        symbols, symbols_src = overrides["symbol_pattern"], "option"
-    elif env.get(_ENV_SYMBOLS):
-        symbols, symbols_src = env[_ENV_SYMBOLS], f"${_ENV_SYMBOLS}"
-    else:
-        symbols, symbols_src = pick("symbol-pattern")
-    if overrides.get("allow_short") is not None:
-        short, short_src = overrides["allow_short"], "option"
-    elif env.get(_ENV_ALLOW_SHORT):
-        short, short_src = env[_ENV_ALLOW_SHORT], f"${_ENV_ALLOW_SHORT}"
-    else:
-        short, short_src = pick("allow-short")
+    def pick_env(key: str, variable: str) -> tuple[Any, str]:
+        """A setting that an environment variable may also give (option, variable, pyproject, default)."""
+        if overrides.get(key.replace("-", "_")) is None and env.get(variable):
+            return env[variable], f"${variable}"
+        return pick(key)
+
+    symbols, symbols_src = pick_env("symbol-pattern", _ENV_SYMBOLS)
+    short, short_src = pick_env("allow-short", _ENV_ALLOW_SHORT)
     keep_n = _number("backup-retention", keep, int, keep_src)
     return Settings(
         data_dir=directory,
