@@ -1,14 +1,15 @@
 """positions.closed_positions against the ledger's closed lots (a member of the shared ledger scan).
 
 The writer records one ``closed_positions`` row per fully closed lot (``toolkit.ledger.closed_position_row``).
-This rule takes the closed lots from the ledger scan's own replay (``checks.ledger.LEDGER_MEMBERS``: no
-second FIFO), builds each lot's row with that same function, and compares it with the stored row. The
-stored rows are read in ticker order beside the scan, joined to their entry trade (the commission and
-strategy the writer copies), so only one ticker's rows are held at a time.
+This rule takes the closed lots of both sides — long lots opened by BUYs, short lots opened by SELLs —
+from the ledger scan's own replay (``checks.ledger_scan.LEDGER_MEMBERS``: no second FIFO), builds each
+lot's row with that same function (its ``side`` is the lot's), and compares it with the stored row.
+The stored rows are read in ticker order beside the scan, and so are the opening trades' commissions
+(the writer copies the opening trade's), so only one ticker's rows are held at a time.
 
 A row filed under another ticker than its lot's is found by its ``entry_trade_id`` (unique) when the
 lot has no row under its own ticker, and reported once, as that lot's difference. Rows with no closed
-lot (an open lot, a SELL, an unknown trade, no entry trade) are orphaned; they are reported at the end
+lot (an open lot, a closing trade, an unknown trade, no entry trade) are orphaned; they are reported at the end
 of the scan, once every lot has had the chance to claim them.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from toolkit.ledger import CLOSED_POSITION_COLUMNS, closed_position_row
 from toolkit.repair.model import Change, Untouched, changed_columns
 from toolkit.rules.model import CheckContext, Rule, Violation, rule
 
-from .ledger import LEDGER_MEMBERS, LEDGER_SCAN
+from .ledger_scan import LEDGER_MEMBERS, LEDGER_SCAN
 
 __all__ = ["RULES"]
 
@@ -33,8 +34,10 @@ _SELECT = f"SELECT {', '.join(_WRITTEN)}, position_id FROM positions.closed_posi
 _STREAM = _SELECT + "{where} ORDER BY ticker"
 _BY_ENTRY = _SELECT + "WHERE entry_trade_id = ?"
 _N = _POSITION_ID = len(_WRITTEN)
-# The lots' commissions (closed_position_row copies the BUY's), beside the scan through its covering index.
-_BUYS = "SELECT ticker, trade_id, commission FROM trading.trades WHERE action = 'BUY' {also} ORDER BY ticker, executed_at, trade_id"
+# The lots' commissions (closed_position_row copies the opening trade's: a BUY's or a short sale's), beside the
+# scan through its covering index. A lot whose row is not stored as an opening gets its commission looked up.
+_OPENINGS = ("SELECT ticker, trade_id, commission FROM trading.trades WHERE is_close = 0 {also} "
+             "ORDER BY ticker, executed_at, trade_id")
 _C = {c: i for i, c in enumerate(CLOSED_POSITION_COLUMNS)}
 _TICKER = _C["ticker"]
 #: What the rule compares (SPEC §3: the row records its lot): every written column but the derived updated_at and
@@ -53,15 +56,15 @@ class _Member:
         conn = ctx.conn
         if ctx.tickers is None:
             rows: Iterable = conn.execute(_STREAM.format(where=""))
-            buys: Iterable = conn.execute(_BUYS.format(also=""))
+            openings: Iterable = conn.execute(_OPENINGS.format(also=""))
         else:
             chosen = sorted(ctx.tickers)
             rows = (row for ticker in chosen for row in conn.execute(_STREAM.format(where="WHERE ticker = ?"), (ticker,)))
-            buys = (row for ticker in chosen for row in conn.execute(_BUYS.format(also="AND ticker = ?"), (ticker,)))
+            openings = (row for ticker in chosen for row in conn.execute(_OPENINGS.format(also="AND ticker = ?"), (ticker,)))
         self.rows: Iterator[tuple] = iter(rows)
         self.next: tuple | None = next(self.rows, None)
-        self.buys: Iterator[tuple] = iter(buys)
-        self.next_buy: tuple | None = next(self.buys, None)
+        self.openings: Iterator[tuple] = iter(openings)
+        self.next_opening: tuple | None = next(self.openings, None)
         self.lots: list[tuple[Lot, ...]] = []   # the current ticker's closed lots, per close
         self.claimed: set[int] = set()      # entry trades whose row was found under another ticker
         self.unclaimed: list[tuple] = []    # rows no lot of their ticker recorded (orphans, unless claimed)
@@ -75,12 +78,12 @@ class _Member:
         while self.next is not None and self.next[_TICKER] < ticker:
             self._take(self.next[_TICKER])   # rows of tickers without trades
         stored = {row[0]: row for row in self._take(ticker)}
-        commission, buy, buys = {}, self.next_buy, self.buys
-        while buy is not None and buy[0] <= ticker:
-            if buy[0] == ticker:
-                commission[buy[1]] = buy[2]
-            buy = next(buys, None)
-        self.next_buy = buy
+        commission, opening, openings = {}, self.next_opening, self.openings
+        while opening is not None and opening[0] <= ticker:
+            if opening[0] == ticker:
+                commission[opening[1]] = opening[2]
+            opening = next(openings, None)
+        self.next_opening = opening
         pop, row_of, a, b, d = stored.pop, closed_position_row, _A, _B, _D
         for lots in self.lots:
             for lot in lots:
@@ -116,7 +119,7 @@ class _Member:
 
     def _compare(self, ticker: str, lot: Lot, row: tuple | None) -> Iterator[Violation]:
         facts = self.ctx.conn.execute("SELECT commission, strategy FROM trading.trades WHERE trade_id = ?",
-                                      (lot.trade_id,)).fetchone()   # the lot's BUY (findings only)
+                                      (lot.trade_id,)).fetchone()   # the lot's opening trade (findings only)
         want = closed_position_row(lot, ticker, *facts)
         if row is None:
             yield Violation(RULE_ID, {"entry_trade_id": lot.trade_id},
@@ -148,9 +151,10 @@ class _Member:
         if entry is None:
             why = "it names no entry trade"
         else:
-            found = self.ctx.conn.execute("SELECT action, ticker FROM trading.trades WHERE trade_id = ?", (entry,)).fetchone()
+            found = self.ctx.conn.execute("SELECT action, ticker, is_close FROM trading.trades WHERE trade_id = ?",
+                                          (entry,)).fetchone()
             why = ("trade {0} does not exist" if found is None else
-                   "trade {0} is a {1[0]}, not a lot" if found[0] != "BUY" else
+                   "trade {0} is a closing {1[0]}, not a lot" if found[2] == 1 else
                    "lot {0} of {1[1]} is not fully closed").format(entry, found)
         return Violation(RULE_ID, {"entry_trade_id": entry} if entry is not None else {"position_id": position_id},
                          f"orphaned: a closed_positions row of {ticker} records no closed lot ({why})",
@@ -188,7 +192,7 @@ def _rebuild(ctx: CheckContext, rule_: Rule, violations: Iterable[Violation]) ->
       reads=["positions.closed_positions", "trading.trades", "trading.lot_matches"], key=["entry_trade_id"],
       scan=LEDGER_SCAN, repair=_rebuild)
 def closed_position_mismatch() -> None:
-    """closed_positions disagrees with the ledger's closed lots: missing, orphaned, or a different quantity, price, P&L, time, commission, ticker or side."""
+    """closed_positions disagrees with the ledger's closed lots of either side: missing, orphaned, or a different quantity, price, P&L, time, commission, ticker or side."""
 
 
 RULES = (closed_position_mismatch,)

@@ -322,10 +322,23 @@ def _same_matches(stored: list[tuple], expected: tuple[RefMatch, ...]) -> bool:
     return len(stored) == len(expected) and got == want
 
 
-def audit(data_dir: str | Path, *, tolerance: float = 0.01, prefix: str = "") -> dict[str, set[str]]:
+def audit(data_dir: str | Path, *, tolerance: float = 0.01, prefix: str = "", allow_short: bool = False) -> dict[str, set[str]]:
     """Every SPEC §3/§5 violation this module can see, by rule id -> natural keys (JSON strings).
 
     Independent of the toolkit: the FIFO truth comes from :func:`fifo` over the executed facts.
+    ``allow_short`` is the ledger's setting: off (the default here), a SELL beyond the open long lots
+    is an orphaned sell and a short positions row is a finding; on, every trade is a close (it eats
+    the other side's open lots) or an opening (a lot of its own side), and a stored trade that does
+    both — a flip in one row — is an unsplit flip. Per trade (SPEC §3 as issue 12 revised it):
+
+    - a close (a SELL of long lots, a BUY covering short ones) is stored with ``is_close = 1``, links
+      to the first lot it consumed, has FIFO's lot matches and their P&L, and is CLOSED at its own
+      price and time;
+    - an opening is stored with ``is_close = 0``, links to nothing and carries no P&L (with a wrong
+      flag, its P&L is part of that row's ``close_flag_mismatch``); its lot's status is the lot's;
+    - ``opening_leg_with_pnl`` is a row check: ``is_close = 0`` with P&L, a close stored so included;
+    - the matches of a trade stored as an opening are not looked at (the scan reads those of the
+      rows stored as closes, and of every trade the FIFO says closes).
     """
     data_dir = Path(data_dir)
     found: dict[str, set[str]] = defaultdict(set)
@@ -333,34 +346,43 @@ def audit(data_dir: str | Path, *, tolerance: float = 0.01, prefix: str = "") ->
     positions = connect_ro(data_dir / f"{prefix}positions.db")
     ml = connect_ro(data_dir / f"{prefix}ml_training.db")
     try:
-        ref = fifo(read_trades(trading))
+        ref = fifo(read_trades(trading), allow_short=allow_short)
         matches = stored_matches(trading)
         rows = trading.execute(
             "SELECT trade_id, run_id, ticker, action, quantity, price, commission, executed_at, is_close, "
             "entry_trade_id, realized_pnl, status, exit_price, exit_time FROM trades").fetchall()
-        for (trade_id, run_id, ticker, action, quantity, price, commission, _, is_close, entry, pnl,
+        for (trade_id, run_id, ticker, action, quantity, price, commission, executed_at, is_close, entry, pnl,
              status, exit_price, exit_time) in rows:
+            this = key({"trade_id": trade_id})
             if (not isinstance(run_id, str) or not run_id.strip() or not isinstance(ticker, str)
                     or not _PLAUSIBLE.fullmatch(ticker) or not quantity > 0 or not price > 0
                     or not math.isfinite(quantity) or not math.isfinite(price) or not commission >= 0):
-                found["trade_row_invalid"].add(key({"trade_id": trade_id}))
-            if action == "BUY":
+                found["trade_row_invalid"].add(this)
+            if is_close == 0 and pnl is not None:   # the row says "opening leg": whatever the FIFO says
+                found["opening_leg_with_pnl"].add(this)
+            sell = ref.sells.get(trade_id)     # the trade's close, if it closes (a SELL or a covering BUY)
+            if sell is None:                   # an opening: the lot it opened
                 lot = ref.lots[trade_id]
-                if pnl is not None:
-                    found["opening_leg_with_pnl"].add(key({"trade_id": trade_id}))
+                if is_close != 0:
+                    found["close_flag_mismatch"].add(this)
+                if entry is not None or (is_close == 1 and matches.get(trade_id)):
+                    found["unlinked_closes"].add(this)
                 if (status != lot.status or (status == "CLOSED" and (
                         exit_price is None or exit_time is None or exit_time != lot.exit_time
                         or not close_to(exit_price, lot.exit_price, tolerance)))
                         or (status == "OPEN" and (exit_price is not None or exit_time is not None))):
-                    found["lot_status_inconsistent"].add(key({"trade_id": trade_id}))
+                    found["lot_status_inconsistent"].add(this)
                 continue
-            sell = ref.sells[trade_id]
-            if sell.shortfall > 0:
-                found["orphaned_sells"].add(key({"trade_id": trade_id}))
+            if is_close != 1:
+                found["close_flag_mismatch"].add(this)
+            if sell.shortfall > 0:   # with shorts, the rest opened a lot in the same row
+                found["unsplit_flips" if allow_short else "orphaned_sells"].add(this)
             if entry != sell.entry_trade_id or not _same_matches(matches.get(trade_id, []), sell.matches):
-                found["unlinked_closes"].add(key({"trade_id": trade_id}))
+                found["unlinked_closes"].add(this)
             if pnl is None or not close_to(pnl, sell.realized_pnl, tolerance):
-                found["realized_pnl_mismatch"].add(key({"trade_id": trade_id}))
+                found["realized_pnl_mismatch"].add(this)
+            if (status, exit_time) != ("CLOSED", executed_at) or not close_to(exit_price, price, tolerance):
+                found["lot_status_inconsistent"].add(this)
             expected = {m.entry_trade_id: m for m in sell.matches}
             for entry_id, _, _, _, match_pnl, _ in matches.get(trade_id, []):
                 m = expected.get(entry_id)
@@ -377,7 +399,7 @@ def audit(data_dir: str | Path, *, tolerance: float = 0.01, prefix: str = "") ->
                 continue
             got = stored_closed.pop(trade_id, None)
             lot_pnl = sum((m.realized_pnl for m in lot.matches), Fraction(0))
-            if got is None or got[1:3] != (lot.ticker, "long") or not close_to(got[3], lot.quantity, QTY_TOL) \
+            if got is None or got[1:3] != (lot.ticker, lot.side) or not close_to(got[3], lot.quantity, QTY_TOL) \
                     or (got[5], got[6]) != (lot.executed_at, lot.exit_time) or not all(
                         close_to(a, b, tolerance) for a, b in zip((got[4], got[7], got[8], got[9]),
                                                                   (lot.price, lot.exit_price, lot_pnl, commissions[trade_id]))):
@@ -395,14 +417,16 @@ def audit(data_dir: str | Path, *, tolerance: float = 0.01, prefix: str = "") ->
             if not close_to(account[0][1], expected_cash, tolerance):
                 found["bankroll_mismatch"].add(key({"account_id": 1}))
 
-        # positions.db vs the ledger's open lots
-        stored_positions = {r[0]: r[1:] for r in positions.execute(
-            "SELECT ticker, quantity, entry_price FROM positions WHERE side = 'long'")}
-        for ticker in set(stored_positions) | set(ref.positions):
-            got, want = stored_positions.get(ticker), ref.positions.get(ticker)
-            if got is None or want is None or not close_to(got[0], want.quantity, QTY_TOL) \
-                    or not close_to(got[1], want.entry_price, tolerance):
-                found["position_ledger_mismatch"].add(key({"ticker": ticker}))
+        # positions.db vs the ledger's open lots: one row per ticker and side
+        stored_positions = {(r[0], r[1]): r[2:] for r in positions.execute(
+            "SELECT ticker, side, quantity, entry_price FROM positions")}
+        open_positions = {**{(t, "long"): p for t, p in ref.positions.items()},
+                          **{(t, "short"): p for t, p in ref.short_positions.items()}}
+        for ticker, side in set(stored_positions) | set(open_positions):
+            got, want = stored_positions.get((ticker, side)), open_positions.get((ticker, side))
+            if (side == "short" and not allow_short) or got is None or want is None \
+                    or not close_to(got[0], want.quantity, QTY_TOL) or not close_to(got[1], want.entry_price, tolerance):
+                found["position_ledger_mismatch"].add(key({"ticker": ticker, "side": side}))
 
         # orders vs fills
         for order_id, quantity, status, filled_qty, filled_avg, fills_qty, fills_avg in trading.execute(
