@@ -29,6 +29,8 @@ from dbstate import file_hashes as contents
 
 REGISTRY = load_registry(plugins=False)
 ATTACK_IDS = [a.id for a in attack_catalogue.ATTACKS]
+#: What runs on a default data directory (allow-short on): "oversell" means something only with shorts off.
+RUN_IDS = [a.id for a in attack_catalogue.ATTACKS if a.applies is None or a.applies(load_settings(".", env={}))]
 DATA_ATTACKS = [a for a in attack_catalogue.ATTACKS if a.kind == "data"]
 ESCAPES = [a for a in attack_catalogue.ATTACKS if a.kind == "escape"]
 
@@ -107,7 +109,7 @@ def test_the_catalogue_covers_the_seed_attacks_and_targets_known_rules() -> None
 
 def assert_passing(outcomes: list, guardrails: bool) -> None:
     """Every attack blocked (guardrails on) or detected by every rule it targets (off); escapes refused."""
-    assert [o["id"] for o in outcomes] == ATTACK_IDS
+    assert [o["id"] for o in outcomes] == RUN_IDS
     kinds = {a.id: a.kind for a in attack_catalogue.ATTACKS}
     for o in outcomes:
         assert o["kind"] == kinds[o["id"]]
@@ -206,12 +208,12 @@ def test_cli_table(clean: Path, tmp_path: Path, guardrails: bool) -> None:
     result = adversarial(clean, *([] if guardrails else ["--disable-guardrails"]), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     mode = "guardrails on" if guardrails else "guardrails disabled"
-    assert f"{len(ATTACK_IDS)} attacks ({mode}): 0 gap(s); data unchanged (content hash proven)" in result.stdout
+    assert f"{len(RUN_IDS)} attacks ({mode}): 0 gap(s); data unchanged (content hash proven)" in result.stdout
     cells = [line.split() for line in result.stdout.splitlines()]
-    rows = {c[1]: c[0] for c in cells if len(c) > 1 and c[1] in ATTACK_IDS}
-    assert set(rows) == set(ATTACK_IDS)
-    assert {rows[a.id] for a in DATA_ATTACKS} == {"blocked" if guardrails else "detected"}
-    assert {rows[a.id] for a in ESCAPES} == {"refused"}
+    rows = {c[1]: c[0] for c in cells if len(c) > 1 and c[1] in RUN_IDS}
+    assert set(rows) == set(RUN_IDS)
+    assert {rows[a.id] for a in DATA_ATTACKS if a.id in rows} == {"blocked" if guardrails else "detected"}
+    assert {rows[a.id] for a in ESCAPES if a.id in rows} == {"refused"}
     assert "GAP" not in result.stdout
     assert contents(clean) == before
 
@@ -220,7 +222,7 @@ def test_cli_list_and_selected_attacks(clean: Path, tmp_path: Path) -> None:
     before = contents(clean)
     listed = adversarial(clean, "--list", cwd=tmp_path)
     assert listed.returncode == 0
-    for attack_id in ATTACK_IDS:
+    for attack_id in RUN_IDS:
         assert attack_id in listed.stdout
     chosen = adversarial(clean, "--attack", "opening_leg_pnl", "--attack", "escape_commit", "--format", "json",
                          "--disable-guardrails", cwd=tmp_path)

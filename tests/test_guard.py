@@ -230,7 +230,8 @@ def test_ledger_rows_are_never_deleted(bot, table: str, trusted: bool) -> None:
 
 
 #: What a trade executed at (SPEC 3: the executed facts of a row): spelled out here, not read from the policy.
-EXECUTED = ("trade_id", "run_id", "ticker", "action", "quantity", "price", "commission", "executed_at", "is_close")
+#: (is_close is derived: whether a trade closes is the FIFO's to say, and close_flag_mismatch's repair sets it.)
+EXECUTED = ("trade_id", "run_id", "ticker", "action", "quantity", "price", "commission", "executed_at")
 
 
 def test_the_policy_protects_every_executed_column() -> None:

@@ -100,9 +100,9 @@ def test_console_script_reaches_the_gate(clone: Path, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def medium_high(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """HIGH (orphaned_sells) and MEDIUM (snapshot_equity_mismatch) violations, nothing CRITICAL."""
+    """HIGH (unsplit_flips) and MEDIUM (snapshot_equity_mismatch) violations, nothing CRITICAL."""
     root = tmp_path_factory.mktemp("medium-high")
-    _session(root, seed=32, defects={"orphaned_sells": 2, "snapshot_equity_mismatch": 2})
+    _session(root, seed=32, defects={"unsplit_flips": 2, "snapshot_equity_mismatch": 2})
     return root / "data"
 
 
@@ -111,9 +111,9 @@ def test_high_violation_fails_the_default_gate(medium_high: Path, check) -> None
     assert result.returncode == 1
     data = _json_report(result)
     assert data["fail_on"] == "HIGH"
-    assert data["summary"]["blocking_rules"] == ["orphaned_sells"]
+    assert data["summary"]["blocking_rules"] == ["unsplit_flips"]
     rules = _by_id(data)
-    assert rules["orphaned_sells"]["count"] == 2 and rules["orphaned_sells"]["blocking"]
+    assert rules["unsplit_flips"]["count"] == 2 and rules["unsplit_flips"]["blocking"]
     assert rules["snapshot_equity_mismatch"]["count"] == 2 and not rules["snapshot_equity_mismatch"]["blocking"]
 
 
@@ -295,7 +295,7 @@ def bad_rows(tmp_path_factory: pytest.TempPathFactory):
     expected = {
         "trade_row_invalid": {fingerprint("trade_row_invalid", {"trade_id": t}) for t, _ in victims},
         # the lots left out of the FIFO (invalid facts) no longer match positions.db
-        "position_ledger_mismatch": {fingerprint("position_ledger_mismatch", {"ticker": t}) for t in (t1, t2, t3, t5)},
+        "position_ledger_mismatch": {fingerprint("position_ledger_mismatch", {"ticker": t, "side": "long"}) for t in (t1, t2, t3, t5)},
         "bankroll_mismatch": {fingerprint("bankroll_mismatch", {"account_id": 1})},
         "snapshot_equity_mismatch": {fingerprint("snapshot_equity_mismatch", {"snapshot_id": snapshot})},
         "qtable_unsafe_keys": {fingerprint("qtable_unsafe_keys", {"model_id": models[0], "state": None})},
@@ -339,7 +339,7 @@ def test_bad_values_through_the_cli_never_traceback(bad_rows, check, cli) -> Non
 
 # -- baselines ---------------------------------------------------------------------------------------
 
-BASELINED = {"opening_leg_with_pnl": 3, "orphaned_sells": 2, "bankroll_mismatch": 1, "snapshot_equity_mismatch": 2,
+BASELINED = {"opening_leg_with_pnl": 3, "unsplit_flips": 2, "bankroll_mismatch": 1, "snapshot_equity_mismatch": 2,
              "realized_pnl_mismatch": 2}
 
 
@@ -471,10 +471,10 @@ def test_every_check_run_is_recorded(medium_high: Path, check, cli, tmp_path: Pa
     finally:
         conn.close()
     assert set(results) == set(REGISTRY.ids)
-    severity, status, count, sample = results["orphaned_sells"]
+    severity, status, count, sample = results["unsplit_flips"]
     assert (severity, status, count) == ("HIGH", "failed", 2)
     sample = json.loads(sample)
-    orphaned = _by_id(first)["orphaned_sells"]
+    orphaned = _by_id(first)["unsplit_flips"]
     assert (orphaned["count"], len(orphaned["samples"])) == (2, 1)  # --sample 1 bounds samples, not counts
     assert len(sample) == 1 and sample[0]["key"] == orphaned["samples"][0]["key"]
     assert results["unlinked_closes"][1:3] == ("passed", 0) and json.loads(results["unlinked_closes"][3]) == []
@@ -486,7 +486,7 @@ def test_every_check_run_is_recorded(medium_high: Path, check, cli, tmp_path: Pa
     assert shown.returncode == 0 and first["run_id"] in shown.stdout
     lines = {line.split()[0]: line.split() for line in shown.stdout.splitlines()[3:] if line.strip()}
     assert set(lines) == set(REGISTRY.ids)
-    assert lines["orphaned_sells"][1:4] == ["HIGH", "failed", "2"]
+    assert lines["unsplit_flips"][1:4] == ["HIGH", "failed", "2"]
     as_json = json.loads(_clean(cli("integrity", "--data-dir", str(medium_high), "history", first["run_id"], "--json",
                                     cwd=tmp_path)).stdout)
     assert as_json["run_id"] == first["run_id"] and as_json["exit_code"] == 1

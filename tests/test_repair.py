@@ -257,7 +257,10 @@ def test_plan_lists_exactly_the_injected_keys(cycle: Cycle) -> None:
             assert change.before is not None and change.after and set(change.before) == set(change.after), change
             assert changed_columns(change.before, change.after) == (change.before, change.after), change
     # the other rules have nothing to repair (only this rule's defects were injected)
-    others = {rid: (p.status, p.total_changes) for rid, p in plans.items() if rid != cycle.rule_id and p.status != "nothing"}
+    # (a documented overlap may be reported and left: a close recorded as an opening is an "opening leg with
+    # P&L" too, and that rule leaves the P&L of a trade the FIFO says closes)
+    others = {rid: (p.status, p.total_changes) for rid, p in plans.items() if rid != cycle.rule_id and p.status != "nothing"
+              and not (rid in cycle.manifest.defects and p.total_changes == 0)}
     assert not others, others
     assert cycle.plan.total_changes == target.total_changes > 0
 

@@ -35,9 +35,9 @@ REGISTRY = load_registry(plugins=False)
 DEFECTS = {
     "unlinked_closes": 4, "realized_pnl_mismatch": 2, "lot_status_inconsistent": 2, "position_ledger_mismatch": 4,
     "bankroll_mismatch": 1, "opening_leg_with_pnl": 2, "order_fill_mismatch": 2, "rl_state_missing_avg_reward": 2,
-    "orphaned_sells": 1, "qtable_unsafe_keys": 1,
+    "unsplit_flips": 1, "qtable_unsafe_keys": 1,
 }
-NOT_REPAIRABLE = {"orphaned_sells", "qtable_unsafe_keys"}
+NOT_REPAIRABLE = {"unsplit_flips", "qtable_unsafe_keys"}
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_apply_log_and_undo_through_the_cli(session, cli) -> None:
     assert tables(settings) != before
 
     check = integrity(cli, settings, "check", "--format", "json")
-    assert check.returncode == 1  # orphaned_sells and qtable_unsafe_keys need a person
+    assert check.returncode == 1  # unsplit_flips and qtable_unsafe_keys need a person
     assert {r["id"] for r in json.loads(check.stdout)["rules"] if r["count"]} == NOT_REPAIRABLE
 
     log = integrity(cli, settings, "repair", "log")

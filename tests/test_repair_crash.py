@@ -36,8 +36,8 @@ pytestmark = pytest.mark.slow
 
 REGISTRY = load_registry(plugins=False)
 DEFECTS = {"unlinked_closes": 4, "realized_pnl_mismatch": 2, "lot_status_inconsistent": 2, "position_ledger_mismatch": 4,
-           "bankroll_mismatch": 1, "opening_leg_with_pnl": 2, "rl_state_missing_avg_reward": 2, "orphaned_sells": 1}
-NOT_REPAIRABLE = {"orphaned_sells"}
+           "bankroll_mismatch": 1, "opening_leg_with_pnl": 2, "rl_state_missing_avg_reward": 2, "unsplit_flips": 1}
+NOT_REPAIRABLE = {"unsplit_flips"}
 
 #: Installed in the child before the CLI runs (REPAIR_CRASH picks the point, REPAIR_MARKER the file).
 WRAPPER = textwrap.dedent("""

@@ -52,7 +52,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict:
     made = {}
     root = tmp_path_factory.mktemp("violations")
     generate(_settings(root), trades=3_000, tickers=40, seed=51,
-             defects={"orphaned_sells": 2, "snapshot_equity_mismatch": 3, "bankroll_mismatch": 1,
+             defects={"unsplit_flips": 2, "snapshot_equity_mismatch": 3, "bankroll_mismatch": 1,
                       "rl_state_missing_avg_reward": 3, "qtable_unsafe_keys": 1})
     made["violations"] = run_checks(_settings(root), registry=BUNDLED, sample=SAMPLE)
 
@@ -97,7 +97,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_the_fixture_reports_are_what_the_format_tests_need(reports) -> None:
     violations, problems, clean, odd = reports["violations"], reports["problems"], reports["clean"], reports["nonfinite"]
     assert {r.status for r in violations.results} == {"passed", "failed"}
-    assert violations.result("orphaned_sells").blocks(violations.fail_on)
+    assert violations.result("unsplit_flips").blocks(violations.fail_on)
     assert not violations.result("snapshot_equity_mismatch").blocks(violations.fail_on)
     assert violations.result("snapshot_equity_mismatch").count == 3 > SAMPLE
     assert {r.status for r in problems.results} == {"passed", "failed", "error", "skipped"}
@@ -117,9 +117,9 @@ def test_rule_statuses_are_enum_members_that_render_as_their_plain_strings(repor
     # members still equal the strings other code compares with, and hash like them
     assert problems.result("crashing_rule").status == "error" and RuleStatus.SKIPPED == "skipped"
     assert {"error": 1}[RuleStatus.ERROR] == 1
-    assert RuleResult(BUNDLED["orphaned_sells"], status="skipped").status is RuleStatus.SKIPPED
+    assert RuleResult(BUNDLED["unsplit_flips"], status="skipped").status is RuleStatus.SKIPPED
     with pytest.raises(ValueError):
-        RuleResult(BUNDLED["orphaned_sells"], status="exploded")
+        RuleResult(BUNDLED["unsplit_flips"], status="exploded")
     # every format prints the value, never the member's name
     for fmt in FORMATS:
         text = render(problems, fmt)
@@ -408,7 +408,7 @@ def test_table_lists_every_rule_and_the_verdict(reports, name: str) -> None:
 @pytest.fixture(scope="module")
 def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("output")
-    generate(_settings(root), trades=2_000, tickers=30, seed=53, defects={"orphaned_sells": 1, "ensemble_weights_sum": 1})
+    generate(_settings(root), trades=2_000, tickers=30, seed=53, defects={"unsplit_flips": 1, "ensemble_weights_sum": 1})
     return root / "data"
 
 
@@ -427,14 +427,14 @@ def test_output_writes_the_file_and_prints_a_summary(session_dir: Path, tmp_path
     text = target.read_text(encoding="utf-8")
     if fmt == "json":
         data = _strict_json(text)
-        assert data["summary"]["blocking_rules"] == ["orphaned_sells"]
+        assert data["summary"]["blocking_rules"] == ["unsplit_flips"]
         assert f"run {data['run_id']}," in line
     elif fmt == "sarif":
         _valid_sarif(request.getfixturevalue("sarif_validator"), text)
     elif fmt == "junit":
         assert len(ET.fromstring(text.encode()).findall(".//testcase")) == len(BUNDLED.ids)
     else:
-        assert "orphaned_sells" in text
+        assert "unsplit_flips" in text
 
 
 def test_output_into_a_missing_directory_is_a_runtime_error(session_dir: Path, tmp_path: Path, cli) -> None:

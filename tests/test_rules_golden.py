@@ -21,7 +21,6 @@ import pytest
 from toolkit.config import DATABASES, Settings, load_settings
 from toolkit.fixtures import DEFECT_KINDS, generate
 from toolkit.rules import Severity, run_checks
-from toolkit.rules.model import fingerprint
 from toolkit.content import load_registry
 
 #: The bundled catalogue (third-party plugins installed in the environment are not ours to golden-test).
@@ -33,18 +32,13 @@ DEFAULT_COUNT = 3
 
 #: Collateral the defect injector documents in the manifest: an ML row of an unknown run is also a
 #: foreign-key violation. Any other rule reporting something is a bug (in the rule or the injector).
-OVERLAPS = {"ml_orphan_rows": {"foreign_key_violations"}}
-
-#: Rules (issue 12) whose defect injectors toolkit.fixtures does not have yet: their golden cases are on hand-built
-#: ledgers in tests/test_rules_shorts.py. The exemption ends by itself once DEFECT_KINDS names them (and it
-#: names no other rule: a new rule without an injector still fails the meta-test).
-AWAITING_INJECTOR = frozenset({"close_flag_mismatch", "unsplit_flips"}) - set(DEFECT_KINDS)
+OVERLAPS = {"ml_orphan_rows": {"foreign_key_violations"},
+            # a close recorded as an opening (is_close 0) still carries its realized P&L
+            "close_flag_mismatch": {"opening_leg_with_pnl"}}
 
 #: Every rule id and every injector id: a rule without an injector, or an injector without a rule,
 #: becomes a failing test case of its own.
 GOLDEN_IDS = list(dict.fromkeys([*REGISTRY.ids, *DEFECT_KINDS]))
-_GOLDEN_CASES = [pytest.param(rule_id, marks=pytest.mark.xfail(strict=True, reason="its injector is not in toolkit.fixtures yet"))
-                 if rule_id in AWAITING_INJECTOR else rule_id for rule_id in GOLDEN_IDS]
 
 #: An injected oversell is an orphaned sell only when shorts are off.
 LONG_ONLY_RULES = frozenset({"orphaned_sells"})
@@ -54,14 +48,6 @@ TRADES, TICKERS, SEED = 3_000, 40, 20_251
 
 def _settings(directory: Path, *, allow_short: bool = True) -> Settings:
     return load_settings(directory / "data", cwd=directory, env={}).with_(allow_short=allow_short)
-
-
-def _expected(manifest, rule_id: str) -> set[str]:
-    """The manifest's fingerprints; position_ledger_mismatch is keyed by ticker and side, and a key the
-    fixtures wrote without a side (their rows are long) gets side "long"."""
-    if rule_id != "position_ledger_mismatch":
-        return manifest.expected(rule_id)
-    return {fingerprint(rule_id, {"side": "long", **key}) for key in manifest.defects.get(rule_id, [])}
 
 
 def _fingerprints(result) -> list[str]:
@@ -75,7 +61,7 @@ def _assert_exact(report, manifest, *, damaged: frozenset[str] = frozenset()) ->
     assert [r.rule.id for r in report.results] == REGISTRY.ids
     for result in report.results:
         rule = result.rule
-        expected = _expected(manifest, rule.id)
+        expected = manifest.expected(rule.id)
         hit = [d for d in rule.databases if d in damaged]
         if rule.sound_files_only and hit:
             assert result.status == "skipped", (rule.id, result.status, result.error)
@@ -94,7 +80,7 @@ def _assert_exact(report, manifest, *, damaged: frozenset[str] = frozenset()) ->
         assert result.status == ("failed" if expected else "passed"), rule.id
 
 
-@pytest.mark.parametrize("rule_id", _GOLDEN_CASES)
+@pytest.mark.parametrize("rule_id", GOLDEN_IDS)
 def test_golden_case(rule_id: str, tmp_path: Path) -> None:
     assert rule_id in REGISTRY, f"defect injector {rule_id!r} has no rule in the registry"
     assert rule_id in DEFECT_KINDS, f"rule {rule_id!r} has no defect injector (golden case) in toolkit.fixtures"
@@ -114,7 +100,7 @@ def test_golden_case(rule_id: str, tmp_path: Path) -> None:
     assert report.fail_on is Severity.HIGH and report.exit_code == (1 if gate else 0)
     # samples are a bounded prefix of the reported violations
     assert 0 < len(result.samples) <= 5
-    assert {v.fingerprint for v in result.samples} <= _expected(manifest, rule_id)
+    assert {v.fingerprint for v in result.samples} <= manifest.expected(rule_id)
     assert all(v.rule_id == rule_id for v in result.samples)
 
 
@@ -134,7 +120,7 @@ def test_golden_quick_check_damages_only_the_named_file(tmp_path: Path) -> None:
 
 
 def test_golden_several_rules_at_once(tmp_path: Path) -> None:
-    defects = {rule_id: 2 for rule_id in DEFECT_KINDS if rule_id != "sqlite_quick_check"}
+    defects = {rule_id: 2 for rule_id in DEFECT_KINDS if rule_id not in ("sqlite_quick_check", "unsplit_flips")}
     defects.update(bankroll_mismatch=1, position_ledger_mismatch=4, realized_pnl_mismatch=4, unlinked_closes=4)
     settings = _settings(tmp_path, allow_short=False)   # it injects orphaned sells
     manifest = generate(settings, trades=TRADES, tickers=TICKERS, seed=SEED + 2, defects=defects)
@@ -181,7 +167,7 @@ def _registry_problems(registry) -> list[str]:
             problems.append(f"{rule.id}: severity {rule.severity!r} is not a Severity")
         if not rule.databases or not set(rule.databases) <= set(DATABASES):
             problems.append(f"{rule.id}: databases {rule.databases!r}")
-        if rule.id not in DEFECT_KINDS and rule.id not in AWAITING_INJECTOR:
+        if rule.id not in DEFECT_KINDS:
             problems.append(f"{rule.id}: no golden case (no defect injector in toolkit.fixtures.DEFECT_KINDS)")
     return problems
 

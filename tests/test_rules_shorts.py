@@ -36,7 +36,6 @@ from toolkit.accounting import (
 )
 from toolkit.config import Settings, load_settings
 from toolkit.content import load_migrations, load_registry
-from toolkit.guard.policy import EXECUTED_COLUMNS
 from toolkit.ledger import CLOSED_POSITION_COLUMNS, closed_position_row, position_row
 from toolkit.migrate.runner import upgrade
 from toolkit.repair import apply_repairs
@@ -201,17 +200,9 @@ def content(settings: Settings) -> dict[str, list]:
         conn.close()
 
 
-#: A repair of the close flag updates trades.is_close. Before issue 12 the flag was the action (an executed
-#: fact), and the guard's policy refuses an UPDATE of it even to repairs while it still lists it as executed.
-FLAG_REPAIR_REFUSED = "is_close" in EXECUTED_COLUMNS
-
-
 def repair_restores(settings: Settings, clean: dict, *, untouched: dict[str, set[str]] | None = None) -> None:
     """``repair --apply`` rolls nothing back, and the ledger is the clean one again (but for what it leaves)."""
     result = apply_repairs(settings, registry=REGISTRY)
-    refused = [r for r in result.rolled_back if r.rule.id == "close_flag_mismatch" and "trades.is_close" in (r.rolled_back or "")]
-    if FLAG_REPAIR_REFUSED and refused:
-        pytest.xfail("toolkit/guard/policy.py lists is_close in EXECUTED_COLUMNS: the guard refuses the flag's repair")
     assert result.rolled_back == [] and result.incomplete == [], [(r.rule.id, r.rolled_back, r.reason) for r in result.rules]
     assert findings(settings) == (untouched or {})
     if not untouched:

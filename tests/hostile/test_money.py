@@ -190,7 +190,7 @@ def test_raw_trades_beyond_the_bounds_are_reported_by_the_row_rule_and_the_bankr
     assert "not a finite amount" in bankroll['{"account_id": 1}'], bankroll
     # the ledger scan leaves the rows whose quantity or price is beyond the bound out of the FIFO; a
     # commission or a time beyond it does not stop a lot from opening (positions.db lacks those two)
-    assert set(_messages(rules["position_ledger_mismatch"])) == {'{"ticker": "ZZE"}', '{"ticker": "ZZF"}'}
+    assert set(_messages(rules["position_ledger_mismatch"])) == {'{"side": "long", "ticker": "ZZE"}', '{"side": "long", "ticker": "ZZF"}'}
     for rule in ("lot_status_inconsistent", "unlinked_closes", "orphaned_sells", "realized_pnl_mismatch"):
         assert rules[rule]["status"] == "passed", rules[rule]
 

@@ -32,7 +32,7 @@ NOTE = "run history not recorded: {path} is read-only; use --history-file FILE t
 def templates(tmp_path_factory):
     """A clean and a defective session, each with one check run recorded (for `integrity history`)."""
     made = {}
-    for kind, defects in (("clean", None), ("defective", {"bankroll_mismatch": 1, "orphaned_sells": 2})):
+    for kind, defects in (("clean", None), ("defective", {"bankroll_mismatch": 1, "unsplit_flips": 2})):
         settings = load_settings(tmp_path_factory.mktemp(f"read-only-{kind}") / "data", env={})
         generate(settings, trades=300, tickers=5, seed=8, defects=defects)
         report = run_checks(settings, registry=load_registry(settings))
@@ -96,7 +96,7 @@ def test_the_gate_runs_on_a_read_only_snapshot_and_says_the_run_was_not_recorded
     assert report["exit_code"] == code
     if kind == "defective":
         failed = {r["id"] for r in report["rules"] if r["status"] == "failed"}
-        assert {"bankroll_mismatch", "orphaned_sells"} <= failed
+        assert {"bankroll_mismatch", "unsplit_flips"} <= failed
     assert result.stderr.splitlines() == [NOTE.format(path=data / "migrations.db")]
     assert files(data) == before
 

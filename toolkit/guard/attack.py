@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["Attack", "AttackContext", "attack"]
 
@@ -67,11 +68,15 @@ class Attack:
     targets: tuple[str, ...]
     run: Callable[[AttackContext], None]
     kind: str = "data"   # "data": refused by the guard or detected by rules; "escape": refused by the session
+    #: Whether the attack means something under a data directory's settings (None: always). E.g. an
+    #: oversell is an orphaned sell only with allow-short off; with it on, the same row is a one-row flip.
+    applies: Callable[[Any], bool] | None = None
 
 
-def attack(id: str, *, targets: tuple[str, ...] = (), kind: str = "data") -> Callable[[Callable[[AttackContext], None]], Attack]:
+def attack(id: str, *, targets: tuple[str, ...] = (), kind: str = "data",
+           applies: Callable[[Any], bool] | None = None) -> Callable[[Callable[[AttackContext], None]], Attack]:
     """Build an :class:`Attack` from a function; its docstring's first line is the description."""
     def build(func: Callable[[AttackContext], None]) -> Attack:
-        return Attack(id, (func.__doc__ or "").strip().splitlines()[0], tuple(targets), func, kind)
+        return Attack(id, (func.__doc__ or "").strip().splitlines()[0], tuple(targets), func, kind, applies)
 
     return build

@@ -113,7 +113,7 @@ def run_attacks(
     detected by which rules of ``registry`` / gap. With guardrails, the connection carries every row
     guard the registry's rules declare."""
     say = progress or (lambda _: None)
-    chosen = select_attacks(attacks, attack_ids)
+    chosen = [a for a in select_attacks(attacks, attack_ids) if a.applies is None or a.applies(settings)]
     report = HarnessReport(str(settings.data_dir), guardrails)
     clock = time.perf_counter()
     conn = connect_guarded(settings, guardrails=guardrails, guards=registry.guards)

@@ -35,8 +35,9 @@ PROJECTION_TABLES = frozenset({("positions", "positions"), ("positions", "closed
 POSITION_MANAGEMENT_COLUMNS = frozenset({"current_price", "unrealized_pnl", "stop_loss_price", "take_profit_price",
                                          "trail_percent", "signal_score", "metadata", "updated_at"})
 #: What a trade executed at is history: never updated, not even by trusted code.
+#: (``is_close`` is not among them: whether a trade closes is the FIFO's to say, and a repair corrects it.)
 EXECUTED_COLUMNS = frozenset({"trade_id", "run_id", "ticker", "action", "quantity", "price", "commission",
-                              "executed_at", "is_close"})
+                              "executed_at"})
 
 #: Key columns of ledger rows: never updated (an UPDATE OR REPLACE onto another key would delete it).
 LEDGER_KEY_COLUMNS = {("trading", "lot_matches"): frozenset({"close_trade_id", "entry_trade_id"}),
